@@ -1,0 +1,104 @@
+"""The small CNN of the model-zoo literature: three 3×3 convolutions, global average pooling and
+a linear head (Unterthiner et al. 2020, "Predicting Neural Network Accuracy from Weights").
+
+With 16 channels, one input channel and ten classes it has 4,970 parameters. State-dict keys are
+``conv{i}.weight``, ``conv{i}.bias`` and ``head.weight``, ``head.bias``; variants keep these keys
+and add their own (documented where they are defined).
+
+Variants (see ``modelset.architectures.layers``): ``conv="nsl_full" | "nsl_diag" | "nsl_dynamic"``
+replaces every convolution by an ``NSLConv2d`` of that form (keys ``conv{i}.M``, ``conv{i}.m`` or
+``conv{i}.meta.*`` are added); ``downsample="shape_adaptor"`` makes every convolution stride 1 and
+puts a ``ShapeAdaptor`` ``sa{i}`` before ``conv{i+1}`` (keys ``sa{i}.alpha``), its α initialised so
+that the adaptors together resize by ``1 / prod(strides)`` like the human-designed strides.
+Sparse (STR, GMP) and channel-pruned variants are plain ``cnn3`` models.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from modelset.architectures._registry import register_architecture
+from modelset.architectures.layers import NSLConv2d, ShapeAdaptor, shape_adaptor_alpha
+
+CONV_KINDS = ("conv", "nsl_full", "nsl_diag", "nsl_dynamic")
+DOWNSAMPLE_KINDS = ("stride", "shape_adaptor")
+
+
+class SmallCNN(nn.Module):
+    """Input ``(B, in_channels, H, W)`` → logits ``(B, num_classes)``."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        channels: tuple[int, ...] | list[int] = (16, 16, 16),
+        strides: tuple[int, ...] | list[int] = (2, 2, 1),
+        conv: str = "conv",
+        downsample: str = "stride",
+        nsl_hidden: int = 8,
+    ) -> None:
+        super().__init__()
+        if len(channels) != len(strides):
+            raise ValueError(f"channels {channels} and strides {strides} differ in length")
+        if conv not in CONV_KINDS:
+            raise ValueError(f"conv {conv!r} is not one of {CONV_KINDS}")
+        if downsample not in DOWNSAMPLE_KINDS:
+            raise ValueError(f"downsample {downsample!r} is not one of {DOWNSAMPLE_KINDS}")
+        self.depth = len(channels)
+        self.adaptive = downsample == "shape_adaptor"
+        widths = [in_channels, *channels]
+        if self.adaptive:
+            total_scale = 1.0
+            for stride in strides:
+                total_scale /= stride
+            alpha = shape_adaptor_alpha(total_scale, self.depth)
+        for i, stride in enumerate(strides):
+            stride = 1 if self.adaptive else stride
+            if conv == "conv":
+                layer: nn.Module = nn.Conv2d(widths[i], widths[i + 1], 3, stride=stride, padding=1)
+            else:
+                form = conv.removeprefix("nsl_")
+                layer = NSLConv2d(widths[i], widths[i + 1], 3, stride, 1, form, nsl_hidden)
+            setattr(self, f"conv{i + 1}", layer)
+            if self.adaptive:
+                setattr(self, f"sa{i}", ShapeAdaptor(alpha))
+        self.head = nn.Linear(widths[-1], num_classes)
+
+    def convs(self) -> list[nn.Module]:
+        return [getattr(self, f"conv{i + 1}") for i in range(self.depth)]
+
+    def shape_adaptors(self) -> list[ShapeAdaptor]:
+        """The shape adaptors in input order (empty unless ``downsample="shape_adaptor"``)."""
+        return [getattr(self, f"sa{i}") for i in range(self.depth)] if self.adaptive else []
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate activations ``(B, channels[-1])``: pooled features before the head."""
+        adaptors = self.shape_adaptors()
+        for i, conv in enumerate(self.convs()):
+            if adaptors:
+                x = adaptors[i](x)
+            x = torch.relu(conv(x))
+        return x.mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+@register_architecture("cnn3")
+def cnn3(
+    in_channels: int = 1,
+    num_classes: int = 10,
+    channels: list[int] = (16, 16, 16),
+    strides: list[int] = (2, 2, 1),
+    conv: str = "conv",
+    downsample: str = "stride",
+    nsl_hidden: int = 8,
+) -> SmallCNN:
+    """Small CNN: three 3×3 convolutions (16 channels), global average pooling, linear head.
+
+    ``conv`` and ``downsample`` select the NSL and shape-adaptor variants (module docstring).
+    """
+    return SmallCNN(
+        in_channels, num_classes, tuple(channels), tuple(strides), conv, downsample, nsl_hidden
+    )
