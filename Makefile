@@ -1,0 +1,70 @@
+# ModelSet: `make all` builds ModelSet500 on Fashion-MNIST, trains LPS, runs the benchmarks and
+# renders the leaderboard; `make test` runs the tests. Each target installs what it needs first.
+
+CONFIG   ?= configs/modelset500.yaml
+MODELSET ?= data/modelset500
+RESULTS  ?= results
+LPS_DIR  ?= $(RESULTS)/lps
+DIST     ?= dist
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+SYSPY    ?= python3
+FMNIST   := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+STAMP    := $(VENV)/.installed
+
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: setup modelset variants lps bench leaderboard dist all test lint clean
+
+setup: $(STAMP) $(FMNIST)
+
+$(FMNIST):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+$(STAMP): pyproject.toml
+	[ -x $(PY) ] || $(SYSPY) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+modelset: setup
+	$(PY) -m builders build --config $(CONFIG) --out $(MODELSET)
+	@echo "model set written to $(MODELSET)"
+
+variants: setup
+	$(PY) -m builders.variants tables --modelset $(MODELSET) --out $(RESULTS)/variants
+	@echo "variant tables written to $(RESULTS)/variants"
+
+lps: setup
+	$(PY) -m lps train --zoo $(MODELSET) --out $(LPS_DIR)
+	@echo "LPS written to $(LPS_DIR)"
+
+bench: setup
+	$(PY) -m benchmarks run --zoo $(MODELSET) --results $(RESULTS)/runs
+	@echo "benchmark results written to $(RESULTS)/runs"
+
+leaderboard: setup
+	$(PY) -m benchmarks leaderboard --results $(RESULTS)/runs --out $(RESULTS)
+	@echo "leaderboard written to $(RESULTS)/leaderboard.{csv,md,html}"
+
+dist: setup
+	$(PY) -m modelset pack $(MODELSET) --out $(DIST)
+	@echo "release written to $(DIST)"
+
+all: setup
+	$(MAKE) modelset CONFIG=$(CONFIG) MODELSET=$(MODELSET)
+	$(MAKE) variants MODELSET=$(MODELSET)
+	$(MAKE) lps MODELSET=$(MODELSET)
+	$(MAKE) bench MODELSET=$(MODELSET)
+	$(MAKE) leaderboard MODELSET=$(MODELSET)
+
+test: setup
+	$(PY) -m pytest -q -ra
+
+lint: setup
+	$(PY) -m ruff check modelset builders lps benchmarks tests scripts
+
+clean:
+	rm -rf $(RESULTS) $(DIST) data/mini

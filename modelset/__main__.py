@@ -1,0 +1,3 @@
+from modelset.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,11 @@
+"""Architectures a model set can name; ``build_architecture`` rebuilds them from the table."""
+
+from modelset.architectures import cnn  # noqa: F401  (registers its architectures)
+from modelset.architectures._registry import (
+    build_architecture,
+    canonical_kwargs,
+    list_architectures,
+    register_architecture,
+)
+
+__all__ = ["build_architecture", "canonical_kwargs", "list_architectures", "register_architecture"]

@@ -1,0 +1,65 @@
+"""Registry of architectures: a model set names an architecture and its keyword arguments in its
+table, and this registry rebuilds the ``torch.nn.Module`` from them."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from modelset.errors import SchemaError, unknown_name
+
+
+@dataclass(frozen=True)
+class ArchitectureEntry:
+    name: str
+    factory: Callable[..., torch.nn.Module]
+    description: str
+
+
+_ARCHITECTURES: dict[str, ArchitectureEntry] = {}
+
+
+def register_architecture(name: str) -> Callable[[Callable[..., torch.nn.Module]], Callable]:
+    """Decorator: register ``factory(**kwargs) -> nn.Module`` under ``name``."""
+
+    def wrap(factory: Callable[..., torch.nn.Module]) -> Callable[..., torch.nn.Module]:
+        if name in _ARCHITECTURES and _ARCHITECTURES[name].factory is not factory:
+            raise ValueError(f"architecture {name!r} is registered twice")
+        doc = (inspect.getdoc(factory) or "").split("\n")[0]
+        _ARCHITECTURES[name] = ArchitectureEntry(name, factory, doc)
+        return factory
+
+    return wrap
+
+
+def list_architectures() -> list[str]:
+    """Names of every registered architecture, sorted."""
+    return sorted(_ARCHITECTURES)
+
+
+def canonical_kwargs(kwargs: dict[str, Any] | str | None) -> str:
+    """Architecture keyword arguments as canonical JSON (sorted keys, lists not tuples)."""
+    if kwargs is None:
+        kwargs = {}
+    if isinstance(kwargs, str):
+        kwargs = json.loads(kwargs) if kwargs else {}
+    return json.dumps(kwargs, sort_keys=True, separators=(",", ":"))
+
+
+def build_architecture(name: str, kwargs: dict[str, Any] | str | None = None) -> torch.nn.Module:
+    """Build the registered architecture ``name`` with ``kwargs`` (a dict or its JSON).
+
+    Raises ``UnknownNameError`` for an unknown name and ``SchemaError`` for arguments the
+    factory does not accept.
+    """
+    if name not in _ARCHITECTURES:
+        raise unknown_name("architecture", name, list_architectures())
+    args = json.loads(canonical_kwargs(kwargs))
+    try:
+        return _ARCHITECTURES[name].factory(**args)
+    except TypeError as exc:
+        raise SchemaError(f"architecture {name!r} cannot be built from {args}: {exc}") from exc

@@ -1,0 +1,136 @@
+"""The ModelSet on-disk format, schema version 1.
+
+A model set is a folder::
+
+    modelset.json        header: schema version, name, config, counts, library versions, times
+    models.parquet       model table, one row per model (the commit point of every shard)
+    tasks.parquet        task table, one row per task
+    relations/NAME.csv   ground-truth task × task matrices (index and columns are task ids)
+    shards/shard-NNNNN.h5  HDF5 shards holding the parameters
+    README.md            the dataset card
+    SHA256SUMS           sha256 of every other file (``sha256sum -c`` can check it)
+
+Inside a shard, models of one architecture signature (name + keyword arguments) form a *block*;
+a block stores each tensor of each checkpoint as one dataset of shape ``(n_models, *shape)``, so
+reading one tensor of many models is one contiguous read. Datasets carry HDF5's Fletcher-32
+checksum, so a flipped bit is caught when it is read. Each shard also holds its models' table rows
+as JSON, which makes a shard self-describing: the driver of a distributed build can commit a shard
+written by a worker. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from modelset.errors import SchemaError
+
+SCHEMA_VERSION = 1
+FORMAT_NAME = "modelset"
+SHARD_FORMAT_NAME = "modelset-shard"
+
+HEADER_FILE = "modelset.json"
+MODELS_FILE = "models.parquet"
+TASKS_FILE = "tasks.parquet"
+RELATIONS_DIR = "relations"
+SHARDS_DIR = "shards"
+CARD_FILE = "README.md"
+CHECKSUMS_FILE = "SHA256SUMS"
+LOCK_FILE = ".lock"
+
+#: Files never listed in SHA256SUMS.
+UNCHECKED = {CHECKSUMS_FILE, LOCK_FILE}
+
+MODEL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+
+#: Columns a builder must give for every model.
+REQUIRED_ROW_COLUMNS = ("task", "dataset", "variant", "parent_id", "seed")
+#: Columns the writer adds.
+WRITER_COLUMNS = (
+    "model_id",
+    "architecture",
+    "arch_kwargs",
+    "n_params",
+    "shard",
+    "block",
+    "index",
+    "checkpoints",
+)
+REQUIRED_TABLE_COLUMNS = REQUIRED_ROW_COLUMNS + WRITER_COLUMNS
+REQUIRED_HEADER_KEYS = ("format", "schema_version", "name", "config", "counts", "created")
+
+
+def shard_name(index: int) -> str:
+    return f"{SHARDS_DIR}/shard-{index:05d}.h5"
+
+
+def shard_index(name: str) -> int:
+    match = re.fullmatch(rf"{SHARDS_DIR}/shard-(\d{{5}})\.h5", name)
+    if not match:
+        raise SchemaError(f"shard name {name!r} does not match '{SHARDS_DIR}/shard-NNNNN.h5'")
+    return int(match.group(1))
+
+
+def check_model_id(model_id: Any) -> str:
+    if not isinstance(model_id, str) or not MODEL_ID_PATTERN.match(model_id):
+        raise SchemaError(
+            f"model id {model_id!r} is not valid: expected 1-200 characters of "
+            "letters, digits, '_', '.', '-', starting with a letter or digit"
+        )
+    return model_id
+
+
+def read_header(root: Path) -> dict[str, Any]:
+    """Read and validate ``modelset.json``; ``SchemaError`` names the file and the problem."""
+    path = root / HEADER_FILE
+    try:
+        header = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SchemaError(f"{path}: header is not valid JSON ({exc})") from exc
+    validate_header(header, path)
+    return header
+
+
+def validate_header(header: Any, path: Path | str) -> None:
+    if not isinstance(header, dict):
+        raise SchemaError(f"{path}: header must be a JSON object, found {type(header).__name__}")
+    missing = [k for k in REQUIRED_HEADER_KEYS if k not in header]
+    if missing:
+        raise SchemaError(f"{path}: header lacks required keys {missing}")
+    if header["format"] != FORMAT_NAME:
+        raise SchemaError(f"{path}: 'format' is {header['format']!r}, expected {FORMAT_NAME!r}")
+    version = header["schema_version"]
+    if version != SCHEMA_VERSION:
+        raise SchemaError(
+            f"{path}: unknown schema version {version!r}; this reader knows version "
+            f"{SCHEMA_VERSION}. Upgrade modelset or rebuild the set."
+        )
+    if not isinstance(header["counts"], dict) or not isinstance(header["config"], dict):
+        raise SchemaError(f"{path}: 'counts' and 'config' must be JSON objects")
+
+
+def library_versions() -> dict[str, str]:
+    import platform
+
+    import h5py
+    import numpy
+    import pandas
+    import torch
+
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "pandas": pandas.__version__,
+        "h5py": h5py.__version__,
+        "hdf5": h5py.version.hdf5_version,
+    }
+    try:
+        import timm
+
+        versions["timm"] = timm.__version__
+    except ImportError:  # pragma: no cover - timm is a dependency, but the format does not need it
+        pass
+    return versions

@@ -1,0 +1,289 @@
+"""Read a model set: tables as pandas, parameters as torch tensors, models as modules."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow
+import torch
+
+from modelset.architectures import build_architecture
+from modelset.errors import (
+    InvalidParametersError,
+    MissingModelError,
+    NotAModelSetError,
+    SchemaError,
+)
+from modelset.format import (
+    HEADER_FILE,
+    MODELS_FILE,
+    RELATIONS_DIR,
+    REQUIRED_TABLE_COLUMNS,
+    TASKS_FILE,
+    read_header,
+)
+from modelset.shards import ShardReader, check_state_fits, expected_shapes
+
+log = logging.getLogger(__name__)
+
+
+def open(path: str | os.PathLike) -> "ModelSet":  # noqa: A001 - the API is modelset.open
+    """Open the model set at ``path`` (a folder). Reads the header and model table only."""
+    return ModelSet(path)
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except FileNotFoundError as exc:
+        raise SchemaError(f"{path}: missing; the model set is incomplete (run verify)") from exc
+    except (pyarrow.ArrowException, OSError, ValueError) as exc:
+        raise SchemaError(f"{path}: cannot be read as a Parquet table ({exc}); run verify") from exc
+
+
+class ModelSet:
+    """A model set on disk. Tables are read on open; parameters only when asked for.
+
+    Attributes: ``header`` (dict), ``metadata`` (models, indexed by ``model_id``), ``tasks``,
+    ``relations`` (dict of task × task DataFrames).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.root = Path(path)
+        if not self.root.exists():
+            raise NotAModelSetError(f"{self.root}: no such file or folder")
+        if not self.root.is_dir():
+            raise NotAModelSetError(f"{self.root}: is a file, expected a model set folder")
+        if not (self.root / HEADER_FILE).exists():
+            raise NotAModelSetError(f"{self.root}: not a model set (no {HEADER_FILE})")
+        self.header: dict[str, Any] = read_header(self.root)
+        self.metadata = self._read_models()
+        self._shards: dict[str, ShardReader] = {}
+
+    def __repr__(self) -> str:
+        return f"ModelSet({str(self.root)!r}, name={self.name!r}, models={len(self)})"
+
+    def __len__(self) -> int:
+        return len(self.metadata)
+
+    def __contains__(self, model_id: object) -> bool:
+        return model_id in self.metadata.index
+
+    @property
+    def name(self) -> str:
+        return str(self.header["name"])
+
+    def close(self) -> None:
+        for shard in self._shards.values():
+            shard.close()
+        self._shards.clear()
+
+    def __enter__(self) -> "ModelSet":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- tables ---------------------------------------------------------------------------
+    def _read_models(self) -> pd.DataFrame:
+        path = self.root / MODELS_FILE
+        if not path.exists():  # a set whose first shard is not committed yet
+            return pd.DataFrame(columns=list(REQUIRED_TABLE_COLUMNS)).set_index("model_id")
+        table = _read_parquet(path)
+        missing = [c for c in REQUIRED_TABLE_COLUMNS if c not in table.columns]
+        if missing:
+            raise SchemaError(f"{path}: model table lacks required columns {missing}")
+        if table["model_id"].duplicated().any():
+            dupes = table.loc[table["model_id"].duplicated(), "model_id"].tolist()[:5]
+            raise SchemaError(f"{path}: model ids appear more than once: {dupes}")
+        return table.set_index("model_id")
+
+    @cached_property
+    def tasks(self) -> pd.DataFrame:
+        path = self.root / TASKS_FILE
+        if not path.exists():
+            return pd.DataFrame(index=pd.Index([], name="task"))
+        return _read_parquet(path)
+
+    @cached_property
+    def relations(self) -> dict[str, pd.DataFrame]:
+        folder = self.root / RELATIONS_DIR
+        out: dict[str, pd.DataFrame] = {}
+        if not folder.exists():
+            return out
+        for path in sorted(folder.glob("*.csv")):
+            try:
+                frame = pd.read_csv(path, index_col=0)
+            except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+                raise SchemaError(f"{path}: relation matrix cannot be read ({exc})") from exc
+            frame.index = frame.index.astype(str)
+            frame.columns = frame.columns.astype(str)
+            if list(frame.index) != list(frame.columns):
+                raise SchemaError(f"{path}: rows and columns must list the same task ids")
+            if not all(pd.api.types.is_numeric_dtype(t) for t in frame.dtypes):
+                raise SchemaError(f"{path}: relation values must be numbers")
+            out[path.stem] = frame
+        return out
+
+    def row(self, model_id: str) -> pd.Series:
+        try:
+            return self.metadata.loc[model_id]
+        except KeyError:
+            import difflib
+
+            close = difflib.get_close_matches(str(model_id), self.metadata.index.tolist(), n=3)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise MissingModelError(f"model {model_id!r} is not in {self.root}.{hint}") from None
+
+    # -- parameters -----------------------------------------------------------------------
+    def _shard(self, name: str) -> ShardReader:
+        if name not in self._shards:
+            path = self.root / name
+            if not path.exists():
+                raise MissingModelError(f"{path}: shard listed in the model table is missing")
+            self._shards[name] = ShardReader(path)
+        return self._shards[name]
+
+    def _locate(self, model_id: str, checkpoint: str) -> tuple[ShardReader, int, int]:
+        row = self.row(model_id)
+        if checkpoint not in str(row["checkpoints"]).split(","):
+            raise MissingModelError(
+                f"model {model_id!r} has no checkpoint {checkpoint!r}; it has {row['checkpoints']}"
+            )
+        shard = self._shard(str(row["shard"]))
+        block, index = int(row["block"]), int(row["index"])
+        ids = shard.model_ids(block)
+        if index >= len(ids) or ids[index] != model_id:
+            found = ids[index] if index < len(ids) else "nothing"
+            raise MissingModelError(
+                f"{shard.path}: model {model_id!r} should be at block {block}, index {index}, "
+                f"but {found!r} is there; the table and the shard disagree (run verify)"
+            )
+        return shard, block, index
+
+    def state_dict(self, model_id: str, checkpoint: str = "final") -> dict[str, torch.Tensor]:
+        """Parameters and buffers of one model at one checkpoint."""
+        shard, block, index = self._locate(model_id, checkpoint)
+        arrays = shard.read(block, [index], checkpoint, f"model {model_id!r}")
+        state = {k: torch.from_numpy(v[0]) for k, v in arrays.items()}
+        _check_finite(state, f"model {model_id!r}, checkpoint {checkpoint!r} in {shard.path}")
+        return state
+
+    def model(self, model_id: str, checkpoint: str = "final") -> torch.nn.Module:
+        """The model rebuilt from its architecture and parameters, in eval mode."""
+        row = self.row(model_id)
+        module = build_architecture(str(row["architecture"]), str(row["arch_kwargs"]))
+        state = self.state_dict(model_id, checkpoint)
+        expected = expected_shapes(str(row["architecture"]), str(row["arch_kwargs"]))
+        check_state_fits(model_id, checkpoint, state, expected, str(row["architecture"]))
+        module.load_state_dict(state, strict=True)
+        return module.eval()
+
+    def stacked(self, model_ids: Sequence[str], checkpoint: str = "final") -> dict[str, torch.Tensor]:
+        """Parameters of many models of one architecture: ``{key: (len(ids), *shape)}``.
+
+        Reads each tensor of each shard block once (one contiguous read where the ids are
+        stored together), whatever the number of models.
+        """
+        ids = list(model_ids)
+        if not ids:
+            raise ValueError("stacked() needs at least one model id")
+        rows = self.metadata.reindex(ids)
+        if rows["shard"].isna().any():
+            missing = next(i for i, s in zip(ids, rows["shard"]) if pd.isna(s))
+            self.row(missing)  # raises MissingModelError with a did-you-mean hint
+        signatures = rows[["architecture", "arch_kwargs"]].drop_duplicates()
+        if len(signatures) > 1:
+            raise SchemaError(
+                "stacked() needs models of one architecture; these ids span "
+                + "; ".join(f"{a} {k}" for a, k in signatures.itertuples(index=False))
+            )
+        for mid, ckpts in zip(ids, rows["checkpoints"]):
+            if checkpoint not in str(ckpts).split(","):
+                raise MissingModelError(f"model {mid!r} has no checkpoint {checkpoint!r}; it has {ckpts}")
+        out: dict[str, np.ndarray] = {}
+        positions = np.arange(len(ids))
+        for (shard_name, block), group in rows.assign(_pos=positions).groupby(["shard", "block"], sort=False):
+            shard = self._shard(str(shard_name))
+            what = f"models {list(group.index[:3])}{'...' if len(group) > 3 else ''}"
+            stored = shard.model_ids(int(block))
+            for mid, index in zip(group.index, group["index"]):
+                if int(index) >= len(stored) or stored[int(index)] != mid:
+                    raise MissingModelError(
+                        f"{shard.path}: model {mid!r} is not at block {block}, index {index} "
+                        "where the table puts it (run verify)"
+                    )
+            arrays = shard.read(int(block), group["index"].astype(int).tolist(), checkpoint, what)
+            for key, values in arrays.items():
+                if key not in out:
+                    out[key] = np.empty((len(ids), *values.shape[1:]), dtype=values.dtype)
+                out[key][group["_pos"].to_numpy()] = values
+        tensors = {k: torch.from_numpy(v) for k, v in out.items()}
+        _check_finite(tensors, f"checkpoint {checkpoint!r} in {self.root}", ids)
+        return tensors
+
+    def iter_stacked(
+        self, model_ids: Sequence[str], checkpoint: str = "final", chunk_size: int = 1024
+    ) -> Iterator[tuple[list[str], dict[str, torch.Tensor]]]:
+        """Stream ``stacked`` in chunks of ``chunk_size`` models, holding one chunk in memory."""
+        ids = list(model_ids)
+        for start in range(0, len(ids), chunk_size):
+            chunk = ids[start : start + chunk_size]
+            yield chunk, self.stacked(chunk, checkpoint)
+
+    def architectures(self) -> pd.DataFrame:
+        """One row per architecture signature with its model count."""
+        return (
+            self.metadata.groupby(["architecture", "arch_kwargs"]).size().rename("models").reset_index()
+        )
+
+    def info(self) -> dict[str, Any]:
+        """A summary: counts per task, architecture and variant, and accuracy quantiles."""
+        table = self.metadata
+        summary: dict[str, Any] = {
+            "name": self.name,
+            "path": str(self.root),
+            "schema_version": self.header["schema_version"],
+            "complete": bool(self.header.get("complete", False)),
+            "models": len(table),
+            "tasks": int(table["task"].nunique()) if len(table) else 0,
+            "relations": sorted(self.relations),
+        }
+        for column in ("task", "architecture", "variant"):
+            summary[f"by_{column}"] = {str(k): int(v) for k, v in table[column].value_counts().sort_index().items()}
+        if "test_accuracy" in table:
+            acc = table["test_accuracy"].astype(float)
+            summary["test_accuracy"] = {
+                q: round(float(acc.quantile(p)), 4) for q, p in
+                (("min", 0.0), ("p25", 0.25), ("median", 0.5), ("p75", 0.75), ("max", 1.0))
+            } if len(acc) else {}
+            summary["test_accuracy_by_variant"] = {
+                str(k): round(float(v), 4) for k, v in table.groupby("variant")["test_accuracy"].mean().items()
+            }
+        return summary
+
+
+def _check_finite(
+    tensors: dict[str, torch.Tensor], where: str, stacked_ids: Sequence[str] | None = None
+) -> None:
+    """Raise ``InvalidParametersError`` naming the tensor (and models) holding NaN or Inf."""
+    for key, tensor in tensors.items():
+        if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+            continue
+        if stacked_ids is not None:
+            bad = (~torch.isfinite(tensor.reshape(len(stacked_ids), -1))).any(dim=1).nonzero()
+            names = [stacked_ids[i] for i in bad.flatten().tolist()[:5]]
+            raise InvalidParametersError(f"{where}: models {names}: tensor {key!r} has NaN or Inf values")
+        raise InvalidParametersError(f"{where}: tensor {key!r} has NaN or Inf values")
+
+
+def json_column(value: Any) -> Any:
+    """Decode a JSON-string column value (e.g. ``arch_kwargs``)."""
+    return json.loads(value) if isinstance(value, str) and value else value

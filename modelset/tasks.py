@@ -1,0 +1,111 @@
+"""Tasks: a classification problem defined by a data set, a subset of its classes and a domain.
+
+A task's labels are remapped to ``0..k-1`` in the order of its sorted classes, so a model of the
+task has a ``k``-way head whatever the original class ids were. :func:`task_data` gives a task's
+inputs (domain applied) and remapped labels, which is what ``ModelSet.model(id)`` runs on and what
+benchmarks use as probe data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from modelset.datasets import load_tensors
+from modelset.domains import apply_domain, get_domain
+from modelset.errors import SchemaError
+
+
+@dataclass(frozen=True)
+class Task:
+    """One row of a model set's task table.
+
+    ``classes`` are original class ids of ``dataset`` (stored sorted); ``domain`` names a
+    registered input domain with its JSON-able ``domain_kwargs``.
+    """
+
+    task_id: str
+    dataset: str
+    classes: tuple[int, ...]
+    domain: str = "identity"
+    domain_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        classes = tuple(sorted(int(c) for c in self.classes))
+        if len(classes) < 2 or len(set(classes)) != len(classes):
+            raise SchemaError(
+                f"task {self.task_id!r}: needs at least 2 distinct classes, got {list(self.classes)}"
+            )
+        object.__setattr__(self, "classes", classes)
+        get_domain(self.domain)  # fail early on an unknown domain name
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def row(self) -> dict[str, Any]:
+        """The task as a flat table row (classes and kwargs as canonical JSON)."""
+        d = asdict(self)
+        d["classes"] = json.dumps(list(self.classes))
+        d["domain_kwargs"] = json.dumps(self.domain_kwargs, sort_keys=True)
+        d["num_classes"] = self.num_classes
+        return d
+
+    @classmethod
+    def from_row(cls, task_id: str, row: dict[str, Any]) -> Task:
+        """Rebuild a task from a table row (as written by :meth:`row`)."""
+        try:
+            classes = row["classes"]
+            kwargs = row.get("domain_kwargs") or {}
+            return cls(
+                task_id=str(task_id),
+                dataset=str(row["dataset"]),
+                classes=tuple(json.loads(classes) if isinstance(classes, str) else classes),
+                domain=str(row.get("domain") or "identity"),
+                domain_kwargs=json.loads(kwargs) if isinstance(kwargs, str) else dict(kwargs),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise SchemaError(f"task {task_id!r}: bad task row {dict(row)}: {exc}") from exc
+
+
+def task_indices(task: Task, labels: torch.Tensor) -> torch.Tensor:
+    """Positions ``(n,)`` of the examples whose label is one of the task's classes, in order."""
+    wanted = torch.tensor(task.classes, dtype=labels.dtype)
+    return torch.nonzero(torch.isin(labels, wanted), as_tuple=False).flatten()
+
+
+def remap_labels(task: Task, labels: torch.Tensor) -> torch.Tensor:
+    """Original labels of the task's classes → ``0..k-1`` in sorted-class order."""
+    lut = torch.full((int(labels.max()) + 1 if labels.numel() else 1,), -1, dtype=torch.int64)
+    for new, old in enumerate(task.classes):
+        if old < lut.numel():
+            lut[old] = new
+    out = lut[labels]
+    if (out < 0).any():
+        raise SchemaError(f"task {task.task_id!r}: labels outside its classes {list(task.classes)}")
+    return out
+
+
+def task_data(
+    task: Task,
+    split: str,
+    root: str | os.PathLike | None = None,
+    limit: int | None = None,
+    allow_download: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A task's inputs and labels for ``split``.
+
+    Returns ``x`` ``(n, C, H, W)`` float32 in [0, 1] with the task's domain applied and ``y``
+    ``(n,)`` int64 in ``0..k-1``. ``limit`` keeps the first ``limit`` examples of the task (in data
+    set order, so the same slice everywhere).
+    """
+    x_all, y_all = load_tensors(task.dataset, split, root, allow_download)
+    idx = task_indices(task, y_all)
+    if limit is not None:
+        idx = idx[:limit]
+    x = apply_domain(task.domain, x_all[idx], task.domain_kwargs)
+    return x, remap_labels(task, y_all[idx])

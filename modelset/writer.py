@@ -1,0 +1,301 @@
+"""Write a model set shard by shard, so that a killed build loses nothing it had committed.
+
+Committing a shard is: the HDF5 file is written under a temporary name and renamed into
+``shards/``; then the model table (the commit point) is rewritten atomically; then the header and
+SHA256SUMS. A reader sees a shard only once the table lists it. Opening a writer on a folder it
+had been building resumes: shards a killed writer left outside the table are removed, and the
+header and checksums are brought up to date.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from modelset import _io
+from modelset.errors import ChecksumError, ExistsError, LockedError, SchemaError
+from modelset.format import (
+    CARD_FILE,
+    CHECKSUMS_FILE,
+    FORMAT_NAME,
+    HEADER_FILE,
+    LOCK_FILE,
+    MODELS_FILE,
+    RELATIONS_DIR,
+    REQUIRED_ROW_COLUMNS,
+    SCHEMA_VERSION,
+    SHARDS_DIR,
+    TASKS_FILE,
+    UNCHECKED,
+    library_versions,
+    read_header,
+    shard_index,
+    shard_name,
+)
+from modelset.shards import ModelRecord, read_shard_rows, rename_shard, write_shard_file
+
+__all__ = ["ModelRecord", "ModelSetWriter", "read_checksums", "write_checksums"]
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def read_checksums(root: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` from SHA256SUMS; ``ChecksumError`` if it is malformed."""
+    path = root / CHECKSUMS_FILE
+    sums: dict[str, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ChecksumError(f"{path}: not a text file ({exc})") from exc
+    for number, line in enumerate(text.splitlines(), 1):
+        digest, sep, rel = line.partition("  ")
+        if not sep or len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest) or not rel:
+            raise ChecksumError(f"{path}, line {number}: expected '<sha256>  <path>', found {line[:80]!r}")
+        sums[rel] = digest
+    return sums
+
+
+def write_checksums(root: Path, rehash_shards: bool = False) -> None:
+    """Write SHA256SUMS over every file of the set (``sha256sum -c`` format, sorted paths).
+
+    Committed shards never change, so their recorded sums are reused unless ``rehash_shards``.
+    """
+    known: dict[str, str] = {}
+    if not rehash_shards and (root / CHECKSUMS_FILE).exists():
+        known = {k: v for k, v in read_checksums(root).items() if k.startswith(f"{SHARDS_DIR}/")}
+    lines = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel in UNCHECKED or path.name.startswith(_io.TMP_PREFIX):
+            continue
+        digest = known.get(rel) or _io.sha256_file(path)
+        lines.append(f"{digest}  {rel}\n")
+    _io.write_text_atomic(root / CHECKSUMS_FILE, "".join(lines))
+
+
+class ModelSetWriter:
+    """Create or resume a model set at ``root``. Use ``ModelSetWriter.open`` as a context manager.
+
+    Holds an exclusive lock on the folder while open: a second writer gets ``LockedError``.
+    """
+
+    def __init__(self, root: Path, header: dict[str, Any], lock_fd: int) -> None:
+        self.root = root
+        self.header = header
+        self._lock_fd = lock_fd
+        self._table = self._read_table()
+
+    # -- opening --------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        root: str | os.PathLike,
+        name: str,
+        config: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> "ModelSetWriter":
+        """Open ``root`` for writing.
+
+        A missing or empty folder becomes a new set. A set built from the same ``config`` is
+        resumed. Anything else (a set with another config, or a folder with other files) is left
+        untouched and raises ``ExistsError`` unless ``overwrite`` is true.
+        """
+        root = Path(root)
+        config = dict(config or {})
+        root.mkdir(parents=True, exist_ok=True)
+        lock_fd = cls._lock(root)
+        try:
+            header_path = root / HEADER_FILE
+            contents = [p for p in root.iterdir() if p.name != LOCK_FILE]
+            if header_path.exists() and not overwrite:
+                header = read_header(root)
+                if header["config"] != config:
+                    raise ExistsError(
+                        f"{root} already holds model set {header['name']!r} built from another "
+                        "config; choose another folder or pass overwrite=True (--overwrite) to "
+                        "replace it"
+                    )
+                log.info("resuming model set at %s", root)
+            elif contents and not overwrite:
+                raise ExistsError(
+                    f"{root} exists and is not an empty folder or a model set; refusing to write "
+                    "into it (pass overwrite=True / --overwrite to replace its contents)"
+                )
+            else:
+                for path in contents:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+                header = {
+                    "format": FORMAT_NAME,
+                    "schema_version": SCHEMA_VERSION,
+                    "name": name,
+                    "config": config,
+                    "counts": {},
+                    "created": _now(),
+                    "complete": False,
+                    "library_versions": library_versions(),
+                }
+                _io.write_json_atomic(header_path, header)
+            writer = cls(root, header, lock_fd)
+            writer._recover()
+            return writer
+        except BaseException:
+            os.close(lock_fd)
+            raise
+
+    @staticmethod
+    def _lock(root: Path) -> int:
+        fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            raise LockedError(
+                f"{root} is being written by another process (lock {root / LOCK_FILE} is held); "
+                "wait for it to finish or stop it first"
+            ) from exc
+        return fd
+
+    def close(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def __enter__(self) -> "ModelSetWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- state ----------------------------------------------------------------------------
+    def _read_table(self) -> pd.DataFrame:
+        path = self.root / MODELS_FILE
+        if not path.exists():
+            return pd.DataFrame()
+        return pd.read_parquet(path)
+
+    def _recover(self) -> None:
+        """Remove what a killed writer left half-done and refresh header and checksums."""
+        removed = _io.remove_stale_temporaries(self.root)
+        committed = set(self._table["shard"]) if len(self._table) else set()
+        shard_dir = self.root / SHARDS_DIR
+        if shard_dir.exists():
+            for path in shard_dir.iterdir():
+                rel = f"{SHARDS_DIR}/{path.name}"
+                if rel not in committed:
+                    log.warning("removing uncommitted shard %s left by an interrupted build", path)
+                    path.unlink()
+                    removed.append(path)
+        if removed or not (self.root / CHECKSUMS_FILE).exists():
+            self._refresh()
+
+    @property
+    def model_ids(self) -> set[str]:
+        """Ids of every committed model."""
+        return set(self._table["model_id"]) if len(self._table) else set()
+
+    @property
+    def table(self) -> pd.DataFrame:
+        return self._table.copy()
+
+    def _next_shard(self) -> str:
+        used = [shard_index(s) for s in self._table["shard"].unique()] if len(self._table) else []
+        return shard_name(max(used, default=-1) + 1)
+
+    # -- writing --------------------------------------------------------------------------
+    def write_shard(self, records: Sequence[ModelRecord]) -> str:
+        """Write ``records`` as one new shard and commit it; return the shard's name."""
+        for record in records:
+            missing = [c for c in REQUIRED_ROW_COLUMNS if c not in record.row]
+            if missing:
+                raise SchemaError(f"model {record.model_id!r}: row lacks required columns {missing}")
+        dupes = sorted(self.model_ids & {r.model_id for r in records})
+        if dupes:
+            raise SchemaError(f"models {dupes[:5]} are already in {self.root}; ids must be unique")
+        name = self._next_shard()
+        target = self.root / name
+        with _io.atomic_path(target) as tmp:
+            write_shard_file(tmp, records, name)
+        self._commit(name)
+        return name
+
+    def commit_shard_file(self, path: str | os.PathLike) -> str:
+        """Move a complete shard written elsewhere (e.g. by a worker) into the set and commit it."""
+        rows = read_shard_rows(Path(path))
+        dupes = sorted(self.model_ids & {r["model_id"] for r in rows})
+        if dupes:
+            raise SchemaError(f"{path}: models {dupes[:5]} are already in {self.root}")
+        name = self._next_shard()
+        with _io.atomic_path(self.root / name) as tmp:
+            shutil.copyfile(path, tmp)
+            rename_shard(tmp, name)
+        self._commit(name)
+        return name
+
+    def _commit(self, name: str) -> None:
+        rows = read_shard_rows(self.root / name)
+        new = pd.DataFrame(rows)
+        table = pd.concat([self._table, new], ignore_index=True) if len(self._table) else new
+        with _io.atomic_path(self.root / MODELS_FILE) as tmp:
+            table.to_parquet(tmp, index=False)
+        self._table = table
+        self._refresh()
+        log.info("committed %s (%d models, %d in the set)", name, len(new), len(table))
+
+    def set_tasks(self, tasks: pd.DataFrame) -> None:
+        """Write the task table (index: task id)."""
+        frame = tasks.copy()
+        frame.index = frame.index.astype(str)
+        frame.index.name = "task"
+        with _io.atomic_path(self.root / TASKS_FILE) as tmp:
+            frame.to_parquet(tmp, index=True)
+        self._refresh()
+
+    def set_relation(self, name: str, matrix: pd.DataFrame) -> None:
+        """Write a task × task ground-truth matrix (rows and columns are task ids)."""
+        if not name.replace("_", "").isalnum():
+            raise SchemaError(f"relation name {name!r} must be letters, digits and '_'")
+        if list(matrix.index) != list(matrix.columns):
+            raise SchemaError(f"relation {name!r}: rows and columns must be the same task ids")
+        with _io.atomic_path(self.root / RELATIONS_DIR / f"{name}.csv") as tmp:
+            matrix.to_csv(tmp, index=True, index_label="task", float_format="%.9g")
+        self._refresh()
+
+    def finish(self, card: Mapping[str, str] | None = None) -> None:
+        """Mark the set complete, write its dataset card, header counts and checksums."""
+        from modelset.card import render_card
+
+        self.header["complete"] = True
+        self._refresh(write_sums=False)
+        text = render_card(self.root, self.header, self._table, card or {})
+        _io.write_text_atomic(self.root / CARD_FILE, text)
+        write_checksums(self.root)
+
+    def _refresh(self, write_sums: bool = True) -> None:
+        table = self._table
+        counts: dict[str, Any] = {
+            "models": int(len(table)),
+            "shards": int(table["shard"].nunique()) if len(table) else 0,
+        }
+        if len(table):
+            counts["tasks"] = int(table["task"].nunique())
+            counts["by_variant"] = {str(k): int(v) for k, v in table["variant"].value_counts().sort_index().items()}
+            counts["by_architecture"] = {
+                str(k): int(v) for k, v in table["architecture"].value_counts().sort_index().items()
+            }
+        self.header["counts"] = counts
+        self.header["updated"] = _now()
+        _io.write_json_atomic(self.root / HEADER_FILE, self.header)
+        if write_sums:
+            write_checksums(self.root)
+
