@@ -1,0 +1,27 @@
+"""Variant recipes: compressed and adapted twins of zoo models, stored as families of the set.
+
+Each recipe takes a parent model, its task's tensors, a seed and params, and returns
+``ModelRecord``s (the method's variant and, for the paper's comparison, its baseline):
+
+- ``str`` — Soft Threshold Reparameterization (Kusupati et al. 2020), with GMP at matched sparsity;
+- ``gmp`` — gradual magnitude pruning (Zhu & Gupta 2017) alone, at a given sparsity;
+- ``channel_sim`` — channel-similarity pruning (Zhang et al. 2019), with L1 pruning at equal FLOPs;
+- ``l1_filter`` — L1-norm filter pruning (Li et al. 2017) alone, at given channel counts;
+- ``shape_adaptor`` — Shape Adaptor (Liu et al. 2020), with the fixed-stride network;
+- ``nsl`` — Neural Similarity Learning (Liu et al. 2019), static and dynamic, with plain conv.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from builders.variants._common import Parent, TaskTensors
+from builders.variants._registry import Recipe, get_recipe, list_recipes, register_recipe
+
+# Each recipe module registers itself with @register_recipe; importing them here makes the
+# registry complete for whoever imports the package. Note: the submodule ``str`` becomes an
+# attribute of this package, so code in this file must not use the builtin ``str``.
+for _module in ("str", "gmp", "channel_similarity", "l1_filter", "shape_adaptor", "nsl"):
+    importlib.import_module(f"builders.variants.{_module}")
+
+__all__ = ["Parent", "Recipe", "TaskTensors", "get_recipe", "list_recipes", "register_recipe"]

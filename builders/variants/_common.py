@@ -1,0 +1,216 @@
+"""Shared pieces of the variant recipes: inputs, a plain training loop, scoring and records.
+
+Every recipe stores its model as ``(architecture, arch_kwargs, state_dict)`` and computes the
+recorded ``test_accuracy`` on a model *rebuilt* from exactly those, so ``ms.model(id)``
+reproduces it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from builders.variants.flops import count_flops, count_sparse_flops
+from modelset.architectures import build_architecture
+from modelset.errors import ModelSetError
+from modelset.writer import ModelRecord
+
+log = logging.getLogger(__name__)
+
+
+class VariantError(ModelSetError):
+    """A recipe cannot be applied to its parent model or data."""
+
+
+@dataclass(frozen=True)
+class Parent:
+    """The model a variant derives from: its table row, architecture and final weights."""
+
+    model_id: str
+    architecture: str
+    arch_kwargs: Mapping[str, Any]
+    state_dict: Mapping[str, torch.Tensor]
+    row: Mapping[str, Any] = field(default_factory=dict)
+
+    def hparams(self) -> dict[str, Any]:
+        """The parent's optimiser settings, the starting point of every recipe's training."""
+        row = self.row
+        return {
+            "lr": float(row.get("lr", 1e-2)),
+            "weight_decay": float(row.get("weight_decay", 1e-4)),
+            "batch_size": int(row.get("batch_size", 64)),
+            "optimizer": str(row.get("optimizer", "adam")),
+        }
+
+    def model(self) -> nn.Module:
+        """The parent rebuilt from its architecture and weights (train mode)."""
+        model = build_architecture(self.architecture, dict(self.arch_kwargs))
+        model.load_state_dict({k: v.clone() for k, v in self.state_dict.items()}, strict=True)
+        return model
+
+
+@dataclass(frozen=True)
+class TaskTensors:
+    """A task's tensors: ``x_*`` ``(n, C, H, W)`` float32, ``y_*`` ``(n,)`` int64 labels."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def train_subset(self, n: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` training examples drawn without replacement with ``seed`` (all if ``n`` is None)."""
+        if n is None or n >= len(self.y_train):
+            return self.x_train, self.y_train
+        idx = torch.randperm(len(self.y_train), generator=torch.Generator().manual_seed(seed))[:n]
+        return self.x_train[idx], self.y_train[idx]
+
+
+def make_optimizer(
+    params: Iterable[torch.nn.Parameter] | Iterable[dict], name: str, lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    name = name.lower()
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    raise VariantError(f"optimizer {name!r} is not one of 'adam', 'adamw', 'sgd'")
+
+
+def train(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    optimizers: list[torch.optim.Optimizer],
+    seed: int,
+    extra_loss: Callable[[], torch.Tensor] | None = None,
+    after_step: Callable[[int, int], None] | None = None,
+) -> float:
+    """Cross-entropy training; returns the last epoch's mean loss.
+
+    ``extra_loss()`` is added to every step's loss (regularisers); ``after_step(step, total)`` runs
+    after each optimiser step (pruning schedules). Batches are shuffled with ``seed``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    n = len(y)
+    steps_per_epoch = max(1, (n + batch_size - 1) // batch_size)
+    total = epochs * steps_per_epoch
+    step, mean_loss = 0, float("nan")
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        running = 0.0
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            if extra_loss is not None:
+                loss = loss + extra_loss()
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for opt in optimizers:
+                opt.step()
+            step += 1
+            if after_step is not None:
+                after_step(step, total)
+            running += float(loss.detach())
+        mean_loss = running / steps_per_epoch
+    return mean_loss
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
+    """Top-1 accuracy of ``model`` (put in eval mode) on ``x`` ``(n, C, H, W)``, ``y`` ``(n,)``."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(y), batch_size):
+        correct += int((model(x[start : start + batch_size]).argmax(1) == y[start : start + batch_size]).sum())
+    return correct / max(1, len(y))
+
+
+def prunable_keys(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """Weight tensors (convolutions and linear layers, ``ndim >= 2``) in state-dict order."""
+    return [k for k, v in state_dict.items() if k.endswith(".weight") and v.ndim >= 2]
+
+
+def sparsity_report(state_dict: Mapping[str, torch.Tensor]) -> tuple[float, dict[str, float]]:
+    """Zero fraction over all prunable weights, and per prunable tensor (biases excluded)."""
+    keys = prunable_keys(state_dict)
+    zeros = sum(int((state_dict[k] == 0).sum()) for k in keys)
+    total = sum(state_dict[k].numel() for k in keys)
+    per_layer = {k.removesuffix(".weight"): float((state_dict[k] == 0).float().mean()) for k in keys}
+    return zeros / max(1, total), per_layer
+
+
+def finish_model(
+    parent: Parent,
+    data: TaskTensors,
+    *,
+    variant: str,
+    model_id: str,
+    seed: int,
+    architecture: str,
+    arch_kwargs: dict[str, Any],
+    state_dict: Mapping[str, torch.Tensor],
+    extra: Mapping[str, Any],
+    init_state: Mapping[str, torch.Tensor] | None = None,
+) -> ModelRecord:
+    """Rebuild the variant from what will be stored, score it and fill its table row."""
+    sd = {k: v.detach().clone().contiguous() for k, v in state_dict.items()}
+    model = build_architecture(architecture, arch_kwargs)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        raise VariantError(
+            f"variant {model_id!r}: weights do not fit {architecture}({arch_kwargs}): {exc}"
+        ) from exc
+    model.eval()
+    acc = accuracy(model, data.x_test, data.y_test)
+    sparsity, per_layer = sparsity_report(sd)
+    row: dict[str, Any] = {
+        "task": parent.row.get("task", ""),
+        "dataset": parent.row.get("dataset", ""),
+        "variant": variant,
+        "parent_id": parent.model_id,
+        "seed": int(seed),
+        "test_accuracy": acc,
+        "sparsity": sparsity,
+        "layer_sparsity": json.dumps(per_layer, sort_keys=True),
+        "n_nonzero": int(sum(int((v != 0).sum()) for v in sd.values())),
+        "flops": count_flops(model, data.input_shape),
+        "flops_sparse": count_sparse_flops(model, data.input_shape),
+    }
+    row.update(extra)
+    checkpoints = {"final": sd}
+    if init_state is not None:
+        checkpoints["init"] = {k: v.detach().clone() for k, v in init_state.items()}
+    log.info("variant %s: accuracy %.4f sparsity %.3f flops %d", model_id, acc, sparsity, row["flops"])
+    return ModelRecord(
+        model_id=model_id,
+        architecture=architecture,
+        arch_kwargs=dict(arch_kwargs),
+        checkpoints=checkpoints,
+        row=row,
+    )
+
+
+def variant_id(parent_id: str, variant: str, tag: str, seed: int) -> str:
+    """Stable id: ``{parent}-{variant}[-{tag}]-s{seed}`` (tag holds the level, e.g. ``k0.5``)."""
+    tag = f"-{tag}" if tag else ""
+    return f"{parent_id}-{variant}{tag}-s{seed}"
