@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from modelset.errors import ModelSetError
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,7 +35,7 @@ from modelset.shards import ShardReader, check_state_fits, expected_shapes
 log = logging.getLogger(__name__)
 
 
-def open(path: str | os.PathLike) -> "ModelSet":  # noqa: A001 - the API is modelset.open
+def open(path: str | os.PathLike) -> ModelSet:  # noqa: A001 - the API is modelset.open
     """Open the model set at ``path`` (a folder). Reads the header and model table only."""
     return ModelSet(path)
 
@@ -85,7 +86,7 @@ class ModelSet:
             shard.close()
         self._shards.clear()
 
-    def __enter__(self) -> "ModelSet":
+    def __enter__(self) -> ModelSet:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -6,9 +6,10 @@ import functools
 import json
 import math
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
@@ -110,7 +111,7 @@ def write_shard_file(path: Path, records: Sequence[ModelRecord], shard: str) -> 
             raise SchemaError(f"shard {shard!r}: model {record.model_id!r} appears twice")
         seen.add(record.model_id)
 
-    blocks: "OrderedDict[tuple, list[ModelRecord]]" = OrderedDict()
+    blocks: OrderedDict[tuple, list[ModelRecord]] = OrderedDict()
     for record in records:
         blocks.setdefault(record.signature(), []).append(record)
 

@@ -14,8 +14,9 @@ import fcntl
 import logging
 import os
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -104,7 +105,7 @@ class ModelSetWriter:
         name: str,
         config: Mapping[str, Any] | None = None,
         overwrite: bool = False,
-    ) -> "ModelSetWriter":
+    ) -> ModelSetWriter:
         """Open ``root`` for writing.
 
         A missing or empty folder becomes a new set. A set built from the same ``config`` is
@@ -171,7 +172,7 @@ class ModelSetWriter:
             os.close(self._lock_fd)
             self._lock_fd = -1
 
-    def __enter__(self) -> "ModelSetWriter":
+    def __enter__(self) -> ModelSetWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
