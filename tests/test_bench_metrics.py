@@ -1,0 +1,74 @@
+"""The benchmark metrics agree with scikit-learn and scipy on known and random inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn import metrics as skm
+
+from benchmarks import metrics
+
+
+@pytest.fixture
+def scored() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    scores = labels * 0.8 + rng.normal(size=200)
+    scores[:20] = np.round(scores[:20])  # some ties
+    return labels, scores
+
+
+def test_roc_auc_matches_sklearn(scored: tuple[np.ndarray, np.ndarray]) -> None:
+    labels, scores = scored
+    assert metrics.roc_auc(labels, scores) == pytest.approx(skm.roc_auc_score(labels, scores), abs=1e-12)
+    assert metrics.roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    assert np.isnan(metrics.roc_auc([1, 1], [0.2, 0.3]))
+
+
+def test_roc_curve_matches_sklearn(scored: tuple[np.ndarray, np.ndarray]) -> None:
+    labels, scores = scored
+    fpr, tpr = metrics.roc_curve(labels, scores)
+    sk_fpr, sk_tpr, _ = skm.roc_curve(labels, scores, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, sk_fpr)
+    np.testing.assert_allclose(tpr, sk_tpr)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(skm.roc_auc_score(labels, scores))
+
+
+def test_average_precision_matches_sklearn(scored: tuple[np.ndarray, np.ndarray]) -> None:
+    labels, scores = scored
+    assert metrics.average_precision(labels, scores) == pytest.approx(
+        skm.average_precision_score(labels, scores), abs=1e-12
+    )
+    assert metrics.average_precision([0, 1, 0, 1], [4, 3, 2, 1]) == pytest.approx((1 / 2 + 2 / 4) / 2)
+
+
+def test_map_and_cmc_on_known_lists() -> None:
+    relevance = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]])
+    scores = np.array([[0.9, 0.1, 0.2, 0.3], [0.9, 0.8, 0.7, 0.1], [0.1, 0.2, 0.3, 0.4]])
+    # Query 3 has no relevant item and is skipped; query 2 finds its item at rank 3.
+    assert metrics.mean_average_precision(relevance, scores) == pytest.approx((1.0 + 1 / 3) / 2)
+    np.testing.assert_allclose(metrics.cmc(relevance, scores, max_rank=4), [0.5, 0.5, 1.0, 1.0])
+    # A constant scorer: ties are broken against the relevant item.
+    np.testing.assert_allclose(metrics.cmc(relevance[:1], np.zeros((1, 4)), 4), [0, 0, 0, 1])
+
+
+def test_rank_correlations_match_scipy() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=40)
+    b = a + rng.normal(size=40)
+    b_ties = np.round(b)
+    assert metrics.spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
+    assert metrics.spearman(a, b_ties) == pytest.approx(stats.spearmanr(a, b_ties).statistic, abs=1e-12)
+    assert metrics.kendall_tau(a, b_ties) == pytest.approx(stats.kendalltau(a, b_ties).statistic, abs=1e-12)
+    assert metrics.kendall_tau([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert np.isnan(metrics.spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_accuracy_and_interval() -> None:
+    assert metrics.accuracy([1, 2, 3, 4], [1, 2, 0, 4]) == 0.75
+    mean, half = metrics.mean_ci95([0.0, 1.0, 0.0, 1.0])
+    assert mean == 0.5
+    assert half == pytest.approx(1.96 * np.std([0, 1, 0, 1], ddof=1) / 2)
+    with pytest.raises(ValueError, match="finite"):
+        metrics.roc_auc([0, 1], [np.nan, 1.0])
