@@ -112,25 +112,17 @@ def validate_header(header: Any, path: Path | str) -> None:
 
 
 def library_versions() -> dict[str, str]:
+    """Versions of the libraries a set was written with (read from package metadata: no imports)."""
     import platform
+    from importlib import metadata
 
+    versions = {"python": platform.python_version()}
+    for package in ("torch", "torchvision", "timm", "numpy", "pandas", "pyarrow", "h5py"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
     import h5py
-    import numpy
-    import pandas
-    import torch
 
-    versions = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "pandas": pandas.__version__,
-        "h5py": h5py.__version__,
-        "hdf5": h5py.version.hdf5_version,
-    }
-    try:
-        import timm
-
-        versions["timm"] = timm.__version__
-    except ImportError:  # pragma: no cover - timm is a dependency, but the format does not need it
-        pass
+    versions["hdf5"] = h5py.version.hdf5_version
     return versions
