@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from modelset.errors import ModelSetError
 from modelset.reader import ModelSet, open
+from modelset.release import fetch
 from modelset.verify import verify
 
-__all__ = ["ModelSet", "ModelSetError", "open", "verify"]
+__all__ = ["ModelSet", "ModelSetError", "fetch", "open", "verify"]
 __version__ = "0.1.0"

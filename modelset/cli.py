@@ -62,6 +62,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import modelset.release  # noqa: F401  (registers the pack and fetch commands)
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="python -m modelset", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
