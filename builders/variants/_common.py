@@ -197,6 +197,10 @@ def finish_model(
         "flops_sparse": count_sparse_flops(model, data.input_shape),
     }
     row.update(extra)
+    # A model run alone (no twin) is its own comparison group.
+    row.setdefault("family", variant)
+    row.setdefault("match_id", model_id)
+    row.setdefault("level", "")
     checkpoints = {"final": sd}
     if init_state is not None:
         checkpoints["init"] = {k: v.detach().clone() for k, v in init_state.items()}

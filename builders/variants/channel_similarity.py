@@ -71,8 +71,9 @@ def output_moments(
     weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Channel output means ``μ`` ``(C,)`` and the Gram ``G = WΣWᵀ`` ``(C, C)`` (float64)."""
-    w = weight.reshape(weight.shape[0], -1).double()
-    return w @ mean + bias.double(), w @ cov @ w.T
+    w = weight.detach().reshape(weight.shape[0], -1).double()
+    mean, cov = mean.detach().double(), cov.detach().double()
+    return w @ mean + bias.detach().double(), w @ cov @ w.T
 
 
 def channel_distances(

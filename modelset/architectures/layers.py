@@ -14,7 +14,7 @@
 
 State-dict keys: ``NSLConv2d`` keeps ``weight`` and ``bias`` of ``nn.Conv2d`` and adds ``M``
 (full, ``(D, D)``), ``m`` (diag, ``(D,)``) or ``meta.0.*``/``meta.2.*`` (dynamic);
-``ShapeAdaptor`` has the scalar ``alpha``.
+``ShapeAdaptor`` has ``alpha`` of shape ``(1,)``.
 """
 
 from __future__ import annotations
@@ -144,11 +144,12 @@ class ShapeAdaptor(nn.Module):
         if not 0.0 < r1 < r2:
             raise ValueError(f"shape adaptor needs 0 < r1 < r2, got r1={r1}, r2={r2}")
         self.r1, self.r2 = r1, r2
-        self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
+        # Shape (1,), not a 0-d scalar: every stored tensor then has at least one dimension.
+        self.alpha = nn.Parameter(torch.full((1,), float(alpha_init)))
 
     def scale(self) -> float:
         """Current resizing factor ``s(α) = r1 + (r2 - r1) σ(α)``."""
-        return float(self.r1 + (self.r2 - self.r1) * torch.sigmoid(self.alpha.detach()))
+        return float(self.r1 + (self.r2 - self.r1) * torch.sigmoid(self.alpha.detach()[0]))
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         s = self.scale()
