@@ -64,7 +64,13 @@ _FASHION_CLASSES = (
 
 DATASETS: dict[str, DatasetInfo] = {
     "fashion_mnist": DatasetInfo(
-        "fashion_mnist", "FashionMNIST", 1, 28, 10, "dataset-fashion-mnist", "fashion-mnist",
+        "fashion_mnist",
+        "FashionMNIST",
+        1,
+        28,
+        10,
+        "dataset-fashion-mnist",
+        "fashion-mnist",
         _FASHION_CLASSES,
     ),
     "mnist": DatasetInfo("mnist", "MNIST", 1, 28, 10, "", "mnist", tuple(str(i) for i in range(10))),
@@ -114,18 +120,44 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
+# Decompressed sizes of the IDX files of the 28×28 data sets (header + payload): a copy of another
+# size is truncated or not the data set, whatever its name says.
+_IDX_SIZES = {
+    "train-images-idx3-ubyte": 16 + 60000 * 28 * 28,
+    "train-labels-idx1-ubyte": 8 + 60000,
+    "t10k-images-idx3-ubyte": 16 + 10000 * 28 * 28,
+    "t10k-labels-idx1-ubyte": 8 + 10000,
+}
+
+
+def _dpkg_md5(package: str, path: Path) -> str | None:
+    """The MD5 dpkg recorded for ``path`` when it installed ``package``, or None if unknown."""
+    info = Path("/var/lib/dpkg/info")
+    rel = str(path.resolve()).lstrip("/")
+    for name in (f"{package}.md5sums", f"{package}:all.md5sums", f"{package}:amd64.md5sums"):
+        sums = info / name
+        if not sums.is_file():
+            continue
+        for line in sums.read_text().splitlines():
+            parts = line.split(maxsplit=1)
+            if len(parts) == 2 and parts[1].strip() == rel:
+                return parts[0]
+    return None
+
+
 def seed_from_system(name: str, root: str | os.PathLike | None = None) -> bool:
     """Copy a Debian package's gzipped IDX files into torchvision's layout under ``root``.
 
-    Each archive is checked against the MD5 sum torchvision records for it, then decompressed to a
-    temporary name and renamed, so an interrupted copy never leaves a half-written file behind.
-    Returns False when the package's folder or one of its files is absent; raises
-    ``ChecksumError`` when a file is present but differs from the recorded sum.
+    Each archive is checked against the MD5 sum dpkg recorded when it installed the package (the
+    Debian archives are recompressed, so torchvision's sums of the upstream archives do not apply),
+    decompressed to a temporary name, checked for its IDX size and renamed into place, so an
+    interrupted copy never leaves a half-written file. torchvision then checks the IDX headers when
+    it reads them. Returns False when the package's folder or one of its files is absent; raises
+    ``ChecksumError`` when a file is present but damaged.
     """
     info = dataset_info(name)
     src = _system_dir(info)
-    cls = _tv_class(info)
-    resources = getattr(cls, "resources", None)
+    resources = getattr(_tv_class(info), "resources", None)
     if src is None or resources is None or not src.is_dir():
         return False
     archives = [src / os.path.basename(url) for url, _ in resources]
@@ -135,19 +167,31 @@ def seed_from_system(name: str, root: str | os.PathLike | None = None) -> bool:
         return False
     raw = data_root(root) / info.tv_class / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    for archive, (_, md5) in zip(archives, resources):
-        found = _md5(archive)
-        if md5 and found != md5:
-            raise ChecksumError(
-                f"{archive}: MD5 {found} differs from torchvision's recorded {md5} for {name}; "
-                f"reinstall it with `sudo apt-get install --reinstall {info.apt_package}`."
-            )
+    for archive in archives:
         target = raw / archive.name[: -len(".gz")]
         if target.is_file():
             continue
+        recorded = _dpkg_md5(info.apt_package, archive) if info.apt_package else None
+        if recorded is not None and (found := _md5(archive)) != recorded:
+            raise ChecksumError(
+                f"{archive}: MD5 {found} differs from {recorded} recorded by dpkg for "
+                f"{info.apt_package}; reinstall it with "
+                f"`sudo apt-get install --reinstall {info.apt_package}`."
+            )
         tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        with gzip.open(archive, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
+        try:
+            with gzip.open(archive, "rb") as fin, open(tmp, "wb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+        except (OSError, EOFError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise ChecksumError(f"{archive}: cannot be decompressed ({exc}); is it damaged?") from exc
+        expected = _IDX_SIZES.get(target.name)
+        size = tmp.stat().st_size
+        if expected is not None and size != expected:
+            tmp.unlink()
+            raise ChecksumError(
+                f"{archive}: decompresses to {size} bytes, expected {expected} for {target.name}."
+            )
         os.replace(tmp, target)
     log.info("seeded %s from %s into %s", name, src, raw)
     return True
@@ -157,9 +201,7 @@ def _how_to_get(info: DatasetInfo, root: Path) -> str:
     ways = []
     if info.apt_package:
         ways.append(f"install the Debian package (`sudo apt-get install {info.apt_package}`)")
-    ways.append(
-        f"run once on a machine with internet access so torchvision downloads it into {root}"
-    )
+    ways.append(f"run once on a machine with internet access so torchvision downloads it into {root}")
     ways.append(
         f"or copy torchvision's {info.tv_class} files into {root / info.tv_class} "
         "(set MODELSET_DATA_ROOT to use another root)"

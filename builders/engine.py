@@ -1,0 +1,492 @@
+"""The multi-model training engine: trains many models of one architecture in lock step.
+
+The parameters of ``M`` models are stacked into tensors with a leading model dimension. One
+forward pass computes all ``M`` models on their own batches (each model has its own task, data
+order, initialization and hyper-parameters), the summed loss is differentiated once, and one
+vectorized optimizer step updates all models with their own learning rate, weight decay and
+optimizer (SGD with momentum or Adam). Two forward kernels:
+
+* ``cnn3`` uses grouped convolutions (``groups=M``) in channels-last layout: one oneDNN call per
+  layer for all models;
+* any other registered architecture uses ``torch.func.vmap`` over ``functional_call`` (batch-norm
+  running statistics are stacked buffers, updated per model).
+
+Heads of models with fewer classes than the widest one are zero-padded and their extra logits
+masked to ``-inf``, so the padded rows get zero gradient and stay zero: models of tasks with
+different numbers of classes train together, and the padding is cut off when results are returned.
+
+The optimizer reproduces ``torch.optim.SGD(momentum=0.9)`` / ``torch.optim.Adam`` with L2 weight
+decay and a per-model cosine learning-rate schedule; :func:`train_plain` is the ordinary
+one-model-at-a-time loop with the same data order and initialization, used as the reference.
+Models leave the stack when their last step is done, so models with fewer epochs cost less.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, vmap
+from tqdm.auto import tqdm
+
+from modelset.architectures import build_architecture, canonical_kwargs
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("sgd", "adam")
+MOMENTUM = 0.9
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+EVAL_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Everything that determines one trained model (with its task's data)."""
+
+    model_id: str
+    task_id: str
+    architecture: str
+    arch_kwargs: dict[str, Any]
+    seed: int
+    lr: float
+    weight_decay: float
+    batch_size: int
+    optimizer: str
+    epochs: int
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"model {self.model_id}: optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"
+            )
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError(f"model {self.model_id}: invalid hyper-parameters {self}")
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.arch_kwargs["num_classes"])
+
+    def signature(self) -> str:
+        """Architecture and kwargs except ``num_classes``: models that can share one stack."""
+        kw = {k: v for k, v in self.arch_kwargs.items() if k != "num_classes"}
+        return f"{self.architecture}:{canonical_kwargs(kw)}"
+
+
+@dataclass
+class TaskTensors:
+    """A task's training and test data: ``x`` ``(n, C, H, W)`` float32, ``y`` ``(n,)`` int64."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+
+@dataclass
+class TrainResult:
+    """A trained model: its initial and final state dicts and its measured figures."""
+
+    spec: TrainSpec
+    init: dict[str, torch.Tensor]
+    final: dict[str, torch.Tensor]
+    test_accuracy: float
+    train_loss: float  # mean training loss over the last epoch
+    steps: int
+    chance: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def below_chance(self) -> bool:
+        """True when the model is not clearly better than guessing the majority class."""
+        return self.test_accuracy <= self.chance + 0.02
+
+
+def init_model(spec: TrainSpec) -> torch.nn.Module:
+    """The model of ``spec`` initialized from its seed (independent of the global RNG state)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        return build_architecture(spec.architecture, spec.arch_kwargs)
+
+
+def data_generator(spec: TrainSpec) -> torch.Generator:
+    """The generator of a model's data order: its own stream, derived from its seed."""
+    return torch.Generator().manual_seed((spec.seed * 1_000_003 + 7919) % (2**63))
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Full batches per epoch (the last partial batch is dropped, as in the plain loop)."""
+    return max(1, n // batch_size)
+
+
+def cosine_factor(step: int, total: int) -> float:
+    """Learning-rate multiplier at ``step`` (0-based) of ``total``: cosine decay from 1 to 0."""
+    return 0.5 * (1.0 + math.cos(math.pi * step / total))
+
+
+class _Batches:
+    """A model's batch indices, epoch by epoch, in the order shared by the engine and plain loop."""
+
+    def __init__(self, spec: TrainSpec, n: int) -> None:
+        self.gen = data_generator(spec)
+        self.n = n
+        self.bs = min(spec.batch_size, n)
+        self.spe = steps_per_epoch(n, self.bs)
+        self.total = self.spe * spec.epochs
+        self.perm = torch.empty(0, dtype=torch.int64)
+
+    def at(self, step: int) -> torch.Tensor:
+        b = step % self.spe
+        if b == 0:
+            self.perm = torch.randperm(self.n, generator=self.gen)
+        return self.perm[b * self.bs : (b + 1) * self.bs]
+
+
+def _chance(y_test: torch.Tensor, num_classes: int) -> float:
+    counts = torch.bincount(y_test, minlength=num_classes).float()
+    return float(counts.max() / counts.sum()) if counts.sum() > 0 else 1.0 / num_classes
+
+
+# --------------------------------------------------------------------------------------------
+# The plain reference loop
+# --------------------------------------------------------------------------------------------
+
+
+def train_plain(spec: TrainSpec, data: TaskTensors, device: str = "cpu") -> TrainResult:
+    """Train one model the ordinary way (``nn.Module`` + ``torch.optim``): the reference.
+
+    Same initialization, data order, optimizer and schedule as the engine.
+    """
+    model = init_model(spec).to(device)
+    init = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+    params = list(model.parameters())
+    if spec.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=spec.lr, momentum=MOMENTUM, weight_decay=spec.weight_decay)
+    else:
+        opt = torch.optim.Adam(
+            params, lr=spec.lr, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=spec.weight_decay
+        )
+    batches = _Batches(spec, data.x_train.shape[0])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_factor(s, batches.total))
+    model.train()
+    losses: list[float] = []
+    for step in range(batches.total):
+        idx = batches.at(step)
+        xb, yb = data.x_train[idx].to(device), data.y_train[idx].to(device)
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(xb), yb)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step >= batches.total - batches.spe:
+            losses.append(loss.item())
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, data.x_test.shape[0], EVAL_BATCH):
+            pred = model(data.x_test[i : i + EVAL_BATCH].to(device)).argmax(1).cpu()
+            correct += int((pred == data.y_test[i : i + EVAL_BATCH]).sum())
+    final = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+    return TrainResult(
+        spec,
+        init,
+        final,
+        correct / max(1, data.x_test.shape[0]),
+        sum(losses) / max(1, len(losses)),
+        batches.total,
+        _chance(data.y_test, data.num_classes),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Stacked forward kernels
+# --------------------------------------------------------------------------------------------
+
+
+def _forward_cnn3(
+    params: Mapping[str, torch.Tensor], x: torch.Tensor, kwargs: Mapping[str, Any]
+) -> torch.Tensor:
+    """SmallCNN for ``M`` models at once. ``x`` ``(M, B, C, H, W)`` → logits ``(M, B, K)``."""
+    m, b = x.shape[:2]
+    strides = list(kwargs.get("strides", (2, 2, 1)))
+    # Models side by side along channels: (B, M*C, H, W); groups=M keeps them independent.
+    h = x.transpose(0, 1).reshape(b, -1, *x.shape[3:])
+    h = h.contiguous(memory_format=torch.channels_last)
+    for i, stride in enumerate(strides):
+        w = params[f"conv{i + 1}.weight"]
+        bias = params[f"conv{i + 1}.bias"]
+        h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), bias.reshape(-1), stride=stride, padding=1, groups=m)
+        h = torch.relu(h)
+    feats = h.mean(dim=(2, 3)).view(b, m, -1).transpose(0, 1)  # (M, B, channels)
+    return torch.baddbmm(params["head.bias"].unsqueeze(1), feats, params["head.weight"].mT)
+
+
+class _Stack:
+    """Stacked parameters, buffers and optimizer state of the models being trained."""
+
+    def __init__(self, specs: list[TrainSpec], device: torch.device) -> None:
+        self.specs = specs
+        self.arch = specs[0].architecture
+        self.kmax = max(s.num_classes for s in specs)
+        kw = dict(specs[0].arch_kwargs, num_classes=self.kmax)
+        self.kwargs = kw
+        models = [init_model(s) for s in specs]
+        self.inits = [{k: v.detach().clone() for k, v in mdl.state_dict().items()} for mdl in models]
+        self.param_names = [n for n, _ in models[0].named_parameters()]
+        self.buffer_names = [n for n, _ in models[0].named_buffers()]
+        self.params: dict[str, torch.Tensor] = {}
+        for name in self.param_names:
+            self.params[name] = self._stack([dict(mdl.named_parameters())[name] for mdl in models])
+            self.params[name] = self.params[name].to(device).requires_grad_()
+        self.buffers = {
+            name: self._stack([dict(mdl.named_buffers())[name] for mdl in models]).to(device)
+            for name in self.buffer_names
+        }
+        if self.arch != "cnn3":
+            # vmap needs a template module of the padded shape; "meta" avoids allocating it.
+            self.template = build_architecture(self.arch, kw).to("meta")
+        self.class_mask = torch.zeros(len(specs), 1, self.kmax, device=device)
+        for i, s in enumerate(specs):
+            self.class_mask[i, 0, s.num_classes :] = float("-inf")
+        # Optimizer state for every model; rows of the other optimizer are simply unused.
+        self.momentum = {n: torch.zeros_like(p) for n, p in self.params.items()}
+        self.exp_avg = {n: torch.zeros_like(p) for n, p in self.params.items()}
+        self.exp_avg_sq = {n: torch.zeros_like(p) for n, p in self.params.items()}
+        self.lr = torch.tensor([s.lr for s in specs], device=device)
+        self.wd = torch.tensor([s.weight_decay for s in specs], device=device)
+        self.is_adam = torch.tensor([s.optimizer == "adam" for s in specs], device=device)
+
+    def _stack(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """Stack along a new dim 0, zero-padding dim 0 of head tensors to ``kmax`` classes."""
+        shapes = {tuple(t.shape) for t in tensors}
+        if len(shapes) > 1:  # only the class dimension (dim 0) of the head may differ
+            out = torch.zeros(len(tensors), self.kmax, *tensors[0].shape[1:], dtype=tensors[0].dtype)
+            for i, t in enumerate(tensors):
+                out[i, : t.shape[0]] = t.detach()
+            return out
+        return torch.stack([t.detach() for t in tensors])
+
+    def forward(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        """``x`` ``(M, B, C, H, W)`` → masked logits ``(M, B, kmax)``."""
+        if self.arch == "cnn3":
+            logits = _forward_cnn3(self.params, x, self.kwargs)
+        else:
+            tmpl = self.template.train(train)
+
+            def one(p: dict, bufs: dict, xb: torch.Tensor) -> torch.Tensor:
+                return functional_call(tmpl, (p, bufs), (xb,))
+
+            logits = vmap(one)(self.params, self.buffers, x)
+        return logits + self.class_mask
+
+    @torch.no_grad()
+    def step(self, step_no: int, lr_factor: torch.Tensor) -> None:
+        """One optimizer step (``step_no`` counts from 1) with per-model ``lr_factor`` ``(M,)``.
+
+        SGD: ``buf = 0.9 buf + g``, ``p -= lr buf``; Adam: bias-corrected moments; both with L2
+        weight decay added to the gradient, as ``torch.optim`` does.
+        """
+        b1, b2 = ADAM_BETAS
+        any_adam = bool(self.is_adam.any())
+        any_sgd = not bool(self.is_adam.all())
+        for name, p in self.params.items():
+            shape = (-1,) + (1,) * (p.ndim - 1)
+            g = p.grad + self.wd.view(shape) * p
+            upd = g
+            if any_sgd:
+                upd = self.momentum[name].mul_(MOMENTUM).add_(g)
+            if any_adam:
+                m1, m2 = self.exp_avg[name], self.exp_avg_sq[name]
+                m1.mul_(b1).add_(g, alpha=1 - b1)
+                m2.mul_(b2).addcmul_(g, g, value=1 - b2)
+                denom = (m2 / (1 - b2**step_no)).sqrt_().add_(ADAM_EPS)
+                adam_upd = (m1 / (1 - b1**step_no)).div_(denom)
+                upd = torch.where(self.is_adam.view(shape), adam_upd, upd) if any_sgd else adam_upd
+            p.sub_((self.lr * lr_factor).view(shape) * upd)
+            p.grad = None
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep only the models at positions ``keep`` (finished ones leave the stack)."""
+        self.specs = [self.specs[i] for i in keep.tolist()]
+        self.inits = [self.inits[i] for i in keep.tolist()]
+        for d in (self.momentum, self.exp_avg, self.exp_avg_sq, self.buffers):
+            for k in d:
+                d[k] = d[k][keep]
+        for k in self.params:
+            self.params[k] = self.params[k].detach()[keep].requires_grad_()
+        self.class_mask = self.class_mask[keep]
+        self.lr, self.wd, self.is_adam = self.lr[keep], self.wd[keep], self.is_adam[keep]
+
+    def state_dict(self, i: int) -> dict[str, torch.Tensor]:
+        """Model ``i``'s state dict, head cut back to its own classes, on the CPU."""
+        k = self.specs[i].num_classes
+        out: dict[str, torch.Tensor] = {}
+        for name in self.inits[i]:
+            src = self.params[name] if name in self.params else self.buffers[name]
+            t = src[i].detach()
+            ref = self.inits[i][name]
+            if t.shape != ref.shape:
+                t = t[:k]
+            out[name] = t.clone().cpu()
+        return out
+
+
+def _check_group(specs: list[TrainSpec], data: Mapping[str, TaskTensors]) -> None:
+    if not specs:
+        raise ValueError("no models to train")
+    sigs = {s.signature() for s in specs}
+    if len(sigs) != 1:
+        raise ValueError(f"models of one engine call must share an architecture; got {sorted(sigs)}")
+    sizes = {s.batch_size for s in specs}
+    if len(sizes) != 1:
+        raise ValueError(f"models of one engine call must share a batch size; got {sorted(sizes)}")
+    for s in specs:
+        if s.task_id not in data:
+            raise KeyError(f"model {s.model_id}: no data for task {s.task_id!r}")
+        if data[s.task_id].num_classes != s.num_classes:
+            raise ValueError(
+                f"model {s.model_id}: num_classes {s.num_classes} but task {s.task_id} has "
+                f"{data[s.task_id].num_classes}"
+            )
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/None → CUDA when present, else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def train_models(
+    specs: Iterable[TrainSpec],
+    data: Mapping[str, TaskTensors],
+    device: str | torch.device | None = "cpu",
+    progress: bool = True,
+) -> list[TrainResult]:
+    """Train every model of ``specs`` at once; results in the order of ``specs``.
+
+    All specs must share an architecture (apart from ``num_classes``) and a batch size; tasks
+    may differ. ``data`` maps task id → :class:`TaskTensors`. Training is deterministic for a given
+    list of specs on the CPU.
+    """
+    specs = list(specs)
+    _check_group(specs, data)
+    dev = resolve_device(device)
+    t0 = time.perf_counter()
+    # All tasks' training images in one tensor; a model's batch is an offset into it.
+    task_ids = sorted({s.task_id for s in specs})
+    offsets, xs, ys = {}, [], []
+    pos = 0
+    for t in task_ids:
+        offsets[t] = pos
+        xs.append(data[t].x_train)
+        ys.append(data[t].y_train)
+        pos += data[t].x_train.shape[0]
+    x_all, y_all = torch.cat(xs).to(dev), torch.cat(ys).to(dev)
+
+    stack = _Stack(specs, dev)
+    batches = [_Batches(s, data[s.task_id].x_train.shape[0]) for s in specs]
+    totals = torch.tensor([b.total for b in batches])
+    order = list(range(len(specs)))  # positions in ``specs`` of the models still in the stack
+    results: dict[int, TrainResult] = {}
+    last_losses: dict[int, list[float]] = {i: [] for i in order}
+    n_steps = int(totals.max())
+    bar = tqdm(total=n_steps, desc=f"engine {specs[0].architecture}×{len(specs)}", unit="step",
+               disable=not progress, leave=False)  # fmt: skip
+    for step in range(n_steps):
+        idx = torch.stack([batches[i].at(step) + offsets[specs[i].task_id] for i in order]).to(dev)  # (M, B)
+        xb, yb = x_all[idx], y_all[idx]  # (M, B, C, H, W), (M, B)
+        logits = stack.forward(xb, train=True)
+        m, b, k = logits.shape
+        per_model = F.cross_entropy(logits.reshape(m * b, k), yb.reshape(-1), reduction="none")
+        per_model = per_model.view(m, b).mean(1)
+        per_model.sum().backward()  # models are independent: each gets its own gradient
+        lr_factor = torch.tensor([cosine_factor(step, batches[i].total) for i in order], device=dev)
+        stack.step(step + 1, lr_factor)
+        for i, loss in zip(order, per_model.detach().tolist()):
+            if step >= batches[i].total - batches[i].spe:
+                last_losses[i].append(loss)
+        done = [j for j, i in enumerate(order) if batches[i].total == step + 1]
+        if done:
+            _finish(stack, done, order, data, results, last_losses, batches, dev)
+            keep = [j for j in range(len(order)) if j not in done]
+            order = [order[j] for j in keep]
+            if order:
+                stack.select(torch.tensor(keep, device=dev))
+            bar.set_postfix(models_done=len(results))
+        bar.update(1)
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    log.info("trained %d %s models in %.1fs", len(specs), specs[0].architecture, elapsed)
+    return [results[i] for i in range(len(specs))]
+
+
+@torch.no_grad()
+def _finish(
+    stack: _Stack,
+    done: list[int],
+    order: list[int],
+    data: Mapping[str, TaskTensors],
+    results: dict[int, TrainResult],
+    last_losses: dict[int, list[float]],
+    batches: list[_Batches],
+    dev: torch.device,
+) -> None:
+    """Evaluate the finished models (stack positions ``done``) and record their results."""
+    keep = torch.tensor(done, device=dev)
+    sub = copy.copy(stack)
+    sub.params = {k: v.detach()[keep] for k, v in stack.params.items()}
+    sub.buffers = {k: v[keep] for k, v in stack.buffers.items()}
+    sub.class_mask = stack.class_mask[keep]
+    sub.specs = [stack.specs[j] for j in done]
+    sub.inits = [stack.inits[j] for j in done]
+    accs = evaluate_stack(sub, data, dev)
+    for pos, j in enumerate(done):
+        i = order[j]
+        spec = stack.specs[j]
+        d = data[spec.task_id]
+        losses = last_losses[i]
+        results[i] = TrainResult(
+            spec,
+            {k: v.cpu() for k, v in stack.inits[j].items()},
+            sub.state_dict(pos),
+            accs[pos],
+            sum(losses) / max(1, len(losses)),
+            batches[i].total,
+            _chance(d.y_test, d.num_classes),
+        )
+
+
+@torch.no_grad()
+def evaluate_stack(stack: _Stack, data: Mapping[str, TaskTensors], dev: torch.device) -> list[float]:
+    """Test accuracy of each model of ``stack`` on its own task's test set (eval mode)."""
+    correct = [0] * len(stack.specs)
+    for task in sorted({s.task_id for s in stack.specs}):
+        members = [j for j, s in enumerate(stack.specs) if s.task_id == task]
+        d = data[task]
+        for i in range(0, d.x_test.shape[0], EVAL_BATCH):
+            xb = d.x_test[i : i + EVAL_BATCH].to(dev)
+            x = xb.unsqueeze(0).expand(len(members), *xb.shape)
+            logits = _forward_subset(stack, members, x)
+            pred = logits.argmax(-1).cpu()  # (m, b)
+            hits = (pred == d.y_test[i : i + EVAL_BATCH]).sum(1)
+            for pos, j in enumerate(members):
+                correct[j] += int(hits[pos])
+    return [c / max(1, data[s.task_id].x_test.shape[0]) for c, s in zip(correct, stack.specs)]
+
+
+def _forward_subset(stack: _Stack, members: list[int], x: torch.Tensor) -> torch.Tensor:
+    idx = torch.tensor(members, device=x.device)
+    sub = copy.copy(stack)
+    sub.params = {k: v.detach()[idx] for k, v in stack.params.items()}
+    sub.buffers = {k: v[idx] for k, v in stack.buffers.items()}
+    sub.class_mask = stack.class_mask[idx]
+    return sub.forward(x, train=False)
