@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -260,3 +261,42 @@ def test_variants_round_trip_through_a_model_set(tmp_path, parent: Parent, data:
         model = ms.model(rec.model_id)
         assert accuracy(model, data.x_test, data.y_test) == pytest.approx(rec.row["test_accuracy"])
         assert ms.metadata.loc[rec.model_id, "variant"] == rec.row["variant"]
+
+
+# -- comparison tables ----------------------------------------------------------------------
+
+
+def _fake_metadata() -> pd.DataFrame:
+    rows = []
+    for task in ("t0", "t1"):
+        for seed in (0, 1):
+            match = f"{task}-str-{seed}"
+            rows.append({"task": task, "seed": seed, "variant": "str", "family": "str_vs_gmp",
+                         "match_id": match, "level": "s_init=-3", "test_accuracy": 0.8 + 0.01 * seed,
+                         "sparsity": 0.9, "flops": 1000, "flops_sparse": 100, "n_params": 50})
+            rows.append({"task": task, "seed": seed, "variant": "gmp", "family": "str_vs_gmp",
+                         "match_id": match, "level": "s_init=-3", "test_accuracy": 0.7,
+                         "sparsity": 0.9, "flops": 1000, "flops_sparse": 100, "n_params": 50})
+    rows.append({"task": "t0", "seed": 0, "variant": "shape_adaptor", "family": "shape_adaptor_vs_fixed_stride",
+                 "match_id": "sa", "level": "", "test_accuracy": 0.5, "sparsity": 0.0, "flops": 3000,
+                 "flops_sparse": 3000, "n_params": 53, "scales": "[0.6, 0.7, 0.8]"})
+    return pd.DataFrame(rows)
+
+
+def test_comparison_tables_values_and_files(tmp_path) -> None:
+    from builders.variants.tables import comparison_table, write_tables
+
+    table = comparison_table(_fake_metadata(), "str_vs_gmp")
+    assert list(table["variant"]) == ["str", "gmp"]
+    str_row, gmp_row = table.iloc[0], table.iloc[1]
+    assert str_row["n_models"] == 4 and str_row["n_tasks"] == 2
+    assert str_row["accuracy_mean"] == pytest.approx(0.805)
+    assert str_row["accuracy_std"] == pytest.approx(torch.tensor([0.8, 0.81, 0.8, 0.81]).std().item(), rel=1e-4)
+    assert str_row["delta_vs_baseline_mean"] == pytest.approx(0.105)
+    assert gmp_row["accuracy_std"] == pytest.approx(0.0)
+    written = write_tables(_fake_metadata(), tmp_path / "out")
+    text = written["markdown"].read_text()
+    assert "0.8050 ± 0.0058" in text and "+0.1050" in text
+    assert "no models of this family" in text  # channel pruning absent from this fake set
+    assert written["plot"].stat().st_size > 1000
+    assert (tmp_path / "out" / "shape_adaptor_scales.csv").read_text().startswith("adaptor,scale_mean")

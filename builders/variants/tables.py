@@ -1,0 +1,194 @@
+"""Comparison tables of the variant families, a pure function of a model set's metadata table.
+
+Four comparisons, each a method against the baseline its paper beats:
+
+- ``str_vs_gmp``: STR vs GMP at matched sparsity (each GMP model is trained to the sparsity its
+  STR twin reached; rows grouped by STR's ``s_init`` level);
+- ``channel_sim_vs_l1``: channel-similarity vs L1-norm filter pruning at identical channel counts,
+  hence identical FLOPs (grouped by keep ratio);
+- ``shape_adaptor_vs_fixed_stride``: learned resizing vs the human-designed strides;
+- ``nsl_vs_conv``: static full/diagonal and dynamic NSL vs the plain convolution network.
+
+For each (comparison, level, variant): number of models and tasks, accuracy mean ± std over
+tasks and seeds, mean sparsity, FLOPs (dense and sparsity-aware) and parameters, and the mean
+paired accuracy difference to the baseline twin (same parent, seed and level, via ``match_id``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+#: comparison -> (method variants, baseline variant)
+COMPARISONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "str_vs_gmp": (("str",), "gmp"),
+    "channel_sim_vs_l1": (("channel_sim",), "l1_filter"),
+    "shape_adaptor_vs_fixed_stride": (("shape_adaptor",), "fixed_stride"),
+    "nsl_vs_conv": (("nsl_full", "nsl_diag", "nsl_dynamic"), "conv"),
+}
+
+SUMMARY_COLUMNS = [
+    "comparison", "level", "variant", "n_models", "n_tasks", "accuracy_mean", "accuracy_std",
+    "delta_vs_baseline_mean", "delta_vs_baseline_std", "sparsity_mean", "flops_mean",
+    "flops_sparse_mean", "n_params_mean",
+]
+
+
+def _col(df: pd.DataFrame, name: str) -> pd.Series:
+    return df[name] if name in df.columns else pd.Series(np.nan, index=df.index)
+
+
+def comparison_table(metadata: pd.DataFrame, comparison: str) -> pd.DataFrame:
+    """One comparison's summary rows (``SUMMARY_COLUMNS``); empty if the set has none of it."""
+    methods, baseline = COMPARISONS[comparison]
+    if "family" not in metadata.columns:
+        return pd.DataFrame(columns=SUMMARY_COLUMNS)
+    rows = metadata[(metadata["family"] == comparison) & metadata["variant"].isin((*methods, baseline))].copy()
+    if rows.empty:
+        return pd.DataFrame(columns=SUMMARY_COLUMNS)
+    rows["level"] = _col(rows, "level").fillna("").astype(str)
+    base_acc = rows[rows["variant"] == baseline].groupby("match_id")["test_accuracy"].mean()
+    rows["delta"] = rows["test_accuracy"] - rows["match_id"].map(base_acc)
+    out = []
+    order = {v: i for i, v in enumerate((*methods, baseline))}
+    for (level, variant), group in rows.groupby(["level", "variant"], sort=True):
+        acc = group["test_accuracy"].astype(float)
+        delta = group["delta"].astype(float) if variant != baseline else pd.Series(dtype=float)
+        out.append({
+            "comparison": comparison,
+            "level": level,
+            "variant": variant,
+            "n_models": len(group),
+            "n_tasks": group["task"].nunique(),
+            "accuracy_mean": acc.mean(),
+            "accuracy_std": acc.std(ddof=1) if len(acc) > 1 else 0.0,
+            "delta_vs_baseline_mean": delta.mean() if delta.notna().any() else np.nan,
+            "delta_vs_baseline_std": delta.std(ddof=1) if delta.notna().sum() > 1 else np.nan,
+            "sparsity_mean": _col(group, "sparsity").astype(float).mean(),
+            "flops_mean": _col(group, "flops").astype(float).mean(),
+            "flops_sparse_mean": _col(group, "flops_sparse").astype(float).mean(),
+            "n_params_mean": _col(group, "n_params").astype(float).mean(),
+            "_order": order.get(variant, 99),
+        })
+    table = pd.DataFrame(out).sort_values(["level", "_order"]).drop(columns="_order")
+    return table.reset_index(drop=True)[SUMMARY_COLUMNS]
+
+
+def learned_scales(metadata: pd.DataFrame) -> pd.DataFrame:
+    """Shape adaptors' learned scales: mean ± std per adaptor position over models."""
+    if "variant" not in metadata.columns or "scales" not in metadata.columns:
+        return pd.DataFrame()
+    sa = metadata[metadata["variant"] == "shape_adaptor"]
+    if sa.empty:
+        return pd.DataFrame()
+    scales = np.array([json.loads(s) for s in sa["scales"]], dtype=float)  # (models, adaptors)
+    return pd.DataFrame({
+        "adaptor": [f"sa{i}" for i in range(scales.shape[1])],
+        "scale_mean": scales.mean(0),
+        "scale_std": scales.std(0, ddof=1) if len(scales) > 1 else np.zeros(scales.shape[1]),
+    })
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        if np.isnan(value):
+            return "–"
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    return str(value)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub Markdown table, accuracy shown as mean ± std."""
+    if table.empty:
+        return "_no models of this family in the set_\n"
+    shown = table.copy()
+    if "accuracy_mean" in shown.columns:
+        shown.insert(shown.columns.get_loc("accuracy_mean"), "accuracy",
+                     [f"{m:.4f} ± {s:.4f}" for m, s in zip(shown["accuracy_mean"], shown["accuracy_std"])])
+        shown["Δ vs baseline"] = [
+            "–" if np.isnan(m) else f"{m:+.4f} ± {0.0 if np.isnan(s) else s:.4f}"
+            for m, s in zip(shown["delta_vs_baseline_mean"], shown["delta_vs_baseline_std"])
+        ]
+        shown = shown.drop(columns=["accuracy_mean", "accuracy_std", "delta_vs_baseline_mean",
+                                    "delta_vs_baseline_std", "comparison"])
+    header = "| " + " | ".join(map(str, shown.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in shown.columns) + "|"
+    body = ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def plot_accuracy_vs_flops(metadata: pd.DataFrame, path: Path) -> None:
+    """Scatter of test accuracy against sparsity-aware FLOPs (log scale), one colour per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = [v for methods, base in COMPARISONS.values() for v in (*methods, base)]
+    rows = metadata[metadata["variant"].isin(variants)] if "variant" in metadata.columns else metadata.iloc[:0]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    flops_col = "flops_sparse" if "flops_sparse" in rows.columns else "flops"
+    for variant, group in rows.groupby("variant"):
+        ax.scatter(group[flops_col].astype(float), group["test_accuracy"].astype(float), s=14,
+                   alpha=0.7, label=f"{variant} (n={len(group)})")
+    if "variant" in metadata.columns and (metadata["variant"] == "base").any() and flops_col in metadata.columns:
+        base = metadata[metadata["variant"] == "base"]
+        if base[flops_col].notna().any():
+            ax.scatter(base[flops_col].astype(float), base["test_accuracy"].astype(float), s=30,
+                       marker="x", color="black", label="base (parents)")
+    ax.set_xscale("log")
+    ax.set_xlabel("FLOPs per example (sparsity-aware, counted)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Variants: accuracy vs FLOPs")
+    ax.grid(alpha=0.3)
+    if len(rows):
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_tables(metadata: pd.DataFrame, out: str | Path) -> dict[str, Path]:
+    """Write every comparison as CSV, all of them as one Markdown file, and the plot.
+
+    Returns ``{name: path}`` of the files written.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    sections = ["# Variant families: each method against its paper's baseline\n",
+                "Accuracy is mean ± std over tasks, parents and seeds; Δ is the paired difference to "
+                "the baseline twin of the same parent and seed.\n"]
+    titles = {
+        "str_vs_gmp": "STR vs GMP at matched sparsity",
+        "channel_sim_vs_l1": "Channel-similarity vs L1-norm filter pruning at equal FLOPs",
+        "shape_adaptor_vs_fixed_stride": "Shape adaptor vs fixed strides",
+        "nsl_vs_conv": "NSL (static full, static diagonal, dynamic) vs convolution",
+    }
+    for name in COMPARISONS:
+        table = comparison_table(metadata, name)
+        path = out / f"{name}.csv"
+        table.to_csv(path, index=False)
+        written[name] = path
+        sections += [f"\n## {titles[name]}\n", to_markdown(table)]
+    scales = learned_scales(metadata)
+    if not scales.empty:
+        path = out / "shape_adaptor_scales.csv"
+        scales.to_csv(path, index=False)
+        written["shape_adaptor_scales"] = path
+        sections += ["\n## Learned shape-adaptor scales\n", to_markdown(scales)]
+    md = out / "variants.md"
+    md.write_text("".join(s if s.endswith("\n") else s + "\n" for s in sections), encoding="utf-8")
+    written["markdown"] = md
+    plot = out / "accuracy_vs_flops.png"
+    plot_accuracy_vs_flops(metadata, plot)
+    written["plot"] = plot
+    log.info("variant tables written to %s", out)
+    return written
