@@ -1,0 +1,45 @@
+"""Similarity methods, registered by name: ``get_method(name)``, ``list_methods()``.
+
+Each method lives in one small file of this package; the imports below are the full list of
+built-in methods (a method defined elsewhere registers itself with ``@register_method``).
+"""
+
+from __future__ import annotations
+
+from benchmarks.methods import (  # noqa: F401  (imported to register the built-in methods)
+    cka,
+    deepsets,
+    flat_cosine,
+    lps,
+    lps_contrastive,
+    oracle,
+    prediction_agreement,
+    random,
+    second_order_fixed,
+    task2vec,
+    weight_stats,
+    weight_stats_learned,
+)
+from benchmarks.methods._registry import (
+    INVARIANCES,
+    MethodError,
+    MethodMeta,
+    SimilarityMethod,
+    create_method,
+    get_method,
+    list_methods,
+    register_method,
+    unregister_method,
+)
+
+__all__ = [
+    "INVARIANCES",
+    "MethodError",
+    "MethodMeta",
+    "SimilarityMethod",
+    "create_method",
+    "get_method",
+    "list_methods",
+    "register_method",
+    "unregister_method",
+]

@@ -1,0 +1,42 @@
+"""LPS (Wang et al. 2019), trained on pairs of training-task models (``lps.train(mode="pairs")``):
+the learned second-order similarity this benchmark is built around."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from benchmarks.methods._registry import MethodMeta, SimilarityMethod, register_method
+from modelset.reader import ModelSet
+
+
+class _LPSBase(SimilarityMethod):
+    """Shared by both LPS training modes: ``lps.train`` in ``_fit``, ``LPS.embed`` in ``_embed``."""
+
+    mode: str = "pairs"
+
+    def _fit(self, ms: ModelSet, train_ids: list[str], seed: int) -> None:
+        import lps.train
+
+        kwargs: dict[str, Any] = dict(self.config)
+        self.scorer = lps.train.train(ms, train_ids=train_ids, mode=self.mode, seed=seed, **kwargs)
+
+    def _embed(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
+        return self.scorer.embed(ids, ms=ms)
+
+
+@register_method
+class LPSPairs(_LPSBase):
+    """Embedding: the LPS network's output ``(n, dim)``; similarity is its cosine."""
+
+    mode = "pairs"
+    meta = MethodMeta(
+        name="lps",
+        learned=True,
+        needs_data=False,
+        invariances=("permutation", "scale"),
+        reference="Wang, Lai, Liang, Wang 2019, Learnable Parameter Similarity (arXiv 1907.11943)",
+        description="second-order network trained on same/different-task pairs",
+        config={"epochs": 40},
+    )
