@@ -9,7 +9,7 @@ images and says so: the methods record ``probe_source`` so the fallback is visib
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm

@@ -19,8 +19,9 @@ embeddings and time the work, so a new method is one small file::
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Sequence, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
@@ -105,7 +106,7 @@ class SimilarityMethod:
         return cls._embed is not SimilarityMethod._embed
 
     # -- template methods ----------------------------------------------------------------
-    def fit(self, ms: ModelSet, train_ids: Sequence[str], seed: int = 0) -> "SimilarityMethod":
+    def fit(self, ms: ModelSet, train_ids: Sequence[str], seed: int = 0) -> SimilarityMethod:
         """Fit on the models ``train_ids`` (training tasks only) with ``seed``; returns self.
 
         Called for every method before scoring (unlearned methods may use it for normalisation

@@ -5,7 +5,7 @@ same way and differs only in its encoder."""
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

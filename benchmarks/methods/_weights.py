@@ -4,8 +4,8 @@ putting a state dict into a layer list that does not depend on dict order."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
