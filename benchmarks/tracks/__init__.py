@@ -1,0 +1,26 @@
+"""Benchmark tracks, registered by name: ``get_track(name)``, ``list_tracks()``.
+
+The imports below are the full list of built-in tracks, in the leaderboard's column order.
+"""
+
+from __future__ import annotations
+
+from benchmarks.tracks import (  # noqa: F401  (imported to register the built-in tracks)
+    few_shot,
+    retrieval,
+    task_classification,
+    task_relations,
+    transfer,
+    variant_robustness,
+)
+from benchmarks.tracks._registry import (
+    Track,
+    TrackError,
+    TrackMeta,
+    TrackOutcome,
+    get_track,
+    list_tracks,
+    register_track,
+)
+
+__all__ = ["Track", "TrackError", "TrackMeta", "TrackOutcome", "get_track", "list_tracks", "register_track"]

@@ -1,0 +1,64 @@
+"""Track: retrieval among models of held-out tasks (never seen in training).
+
+Each held-out-task model queries all the others; the relevant ones solve the same task. Reports
+mAP and CMC rank-1 and rank-5, with the CMC curve and a 2-D map of the method's embeddings of all
+test models (held-out models and held-out-task models) coloured by task.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from benchmarks import metrics
+from benchmarks.methods import SimilarityMethod
+from benchmarks.tracks._registry import (
+    Track,
+    TrackMeta,
+    embedding_map,
+    register_track,
+    tasks_of,
+    test_ids,
+    without_self,
+)
+from lps.splits import Split
+from modelset.reader import ModelSet
+
+
+@register_track
+class Retrieval(Track):
+    meta = TrackMeta(
+        name="retrieval",
+        description="held-out tasks: each model queries the rest; mAP, CMC rank-1 and rank-5",
+        primary=("map", "rank1", "rank5"),
+        reference="Wang et al. 2019 (LPS) held-out-task retrieval",
+        config={"max_rank": 10},
+    )
+
+    def _not_applicable(self, ms: ModelSet, split: Split) -> str:
+        if len(set(tasks_of(ms, split.heldout_task_ids))) < 2 if split.heldout_task_ids else True:
+            return "fewer than 2 held-out tasks"
+        return ""
+
+    def _evaluate(self, method: SimilarityMethod, ms: ModelSet, split: Split) -> tuple[dict[str, float], dict[str, Any]]:
+        ids = list(split.heldout_task_ids)
+        tasks = tasks_of(ms, ids)
+        sim = without_self(method.similarity(ms, ids, ids).numpy().astype(np.float64))
+        relevant = without_self(tasks[:, None] == tasks[None, :])
+        curve = metrics.cmc(relevant, sim, int(self.config["max_rank"]))
+        # Chance mAP: a random ranking's expected AP is about the fraction of relevant items.
+        chance = float(np.mean(relevant.sum(axis=1) / relevant.shape[1]))
+        return (
+            {
+                "map": metrics.mean_average_precision(relevant, sim),
+                "rank1": float(curve[0]),
+                "rank5": float(curve[min(4, len(curve) - 1)]),
+                "chance_map": chance,
+                "n_queries": len(ids),
+            },
+            {
+                "cmc": {"rank": list(range(1, len(curve) + 1)), "hit_rate": [round(float(v), 6) for v in curve]},
+                "map2d": embedding_map(method, ms, test_ids(split)),
+            },
+        )
