@@ -173,7 +173,7 @@ class ModelSet:
         """Parameters and buffers of one model at one checkpoint."""
         shard, block, index = self._locate(model_id, checkpoint)
         arrays = shard.read(block, [index], checkpoint, f"model {model_id!r}")
-        state = {k: torch.from_numpy(np.ascontiguousarray(v[0])) for k, v in arrays.items()}
+        state = {k: torch.from_numpy(np.asarray(v[0])) for k, v in arrays.items()}
         _check_finite(state, f"model {model_id!r}, checkpoint {checkpoint!r} in {shard.path}")
         return state
 
