@@ -47,17 +47,23 @@ class FeatureBank:
     def conform(self, schema: Mapping[str, Sequence[int]]) -> FeatureBank:
         """This bank on exactly the keys of ``schema`` (unknown keys dropped, missing ones masked).
 
-        Raises ``ModelSetError`` if no key at all is shared: the models are of a kind the
-        network never saw.
+        Raises ``ModelSetError`` if a model has none of the schema's features: it is of a kind
+        the network never saw.
         """
         n = len(self)
         shared = [
             k for k in schema if k in self.tensors and list(self.tensors[k].shape[1:]) == list(schema[k])
         ]
-        if n and not shared:
+        known = torch.zeros(n, dtype=torch.bool)
+        for key in shared:
+            known |= self.masks[key]
+        if n and not bool(known.all()):
+            first = int((~known).nonzero()[0])
+            name = self.ids[first] if self.ids is not None else f"input {first}"
+            present = sorted(k for k in self.tensors if bool(self.masks[k][first]))
             raise ModelSetError(
-                f"none of the models' features {sorted(self.tensors)[:6]} is among the features the LPS "
-                f"network was trained on {sorted(schema)[:6]}: their architecture is unknown to it"
+                f"model {name}: none of its features {present[:6]} is among the features the LPS "
+                f"network was trained on {sorted(schema)[:6]}: its architecture is unknown to the network"
             )
         dropped = sorted(set(self.tensors) - set(shared))
         if dropped:

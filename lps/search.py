@@ -1,0 +1,134 @@
+"""Nearest zoo models to a user's checkpoint.
+
+The checkpoint is read safely (safetensors, or ``torch.load(weights_only=True)``: tensors and
+plain containers only, no code), its architecture is recognised by matching its keys and shapes
+against the architecture signatures of the zoo, and its LPS embedding is compared with the zoo's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from lps.model import CONFIG_FILE, LPS
+from lps.weights import _expected_shapes
+from modelset.errors import InvalidParametersError, ModelSetError
+
+log = logging.getLogger(__name__)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A ``state_dict`` from a ``.safetensors`` file or a weights-only torch checkpoint.
+
+    A dict holding the state dict under ``"state_dict"`` or ``"model"`` is unwrapped, and a
+    ``"module."`` prefix (DataParallel) removed. Raises ``ModelSetError`` naming the file.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise ModelSetError(f"{file}: no such checkpoint file")
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            state: Any = load_file(str(file))
+        except Exception as exc:  # safetensors has its own error types
+            raise ModelSetError(f"{file}: cannot be read as safetensors ({exc})") from exc
+    else:
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle errors, refused globals, truncated files
+            raise ModelSetError(
+                f"{file}: not a weights-only torch checkpoint ({type(exc).__name__}: {str(exc)[:200]}); "
+                "save it with torch.save(model.state_dict(), path) or as .safetensors"
+            ) from exc
+    if isinstance(state, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), Mapping):
+                state = state[key]
+                break
+    if not isinstance(state, Mapping) or not state:
+        raise ModelSetError(
+            f"{file}: expected a dict of tensors (a state_dict), found {type(state).__name__}"
+        )
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ModelSetError(f"{file}: entries {bad[:5]} are not tensors; expected a plain state_dict")
+    if all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return {str(k): v for k, v in state.items()}
+
+
+def match_architecture(ms, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> tuple[str, str]:
+    """The zoo's ``(architecture, arch_kwargs)`` whose keys and shapes ``state`` has exactly.
+
+    Among several matches the signature with most models wins. Raises ``ModelSetError`` naming
+    the closest signature and how ``state`` differs from it.
+    """
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    signatures = ms.architectures().sort_values("models", ascending=False)
+    best: tuple[int, str] | None = None
+    for arch, kwargs, _ in signatures.itertuples(index=False):
+        expected = _expected_shapes(str(arch), str(kwargs))
+        if expected == found:
+            return str(arch), str(kwargs)
+        missing = sorted(set(expected) - set(found))
+        extra = sorted(set(found) - set(expected))
+        shapes = [
+            f"{k}: {list(found[k])} vs {list(expected[k])}"
+            for k in sorted(set(found) & set(expected))
+            if found[k] != expected[k]
+        ]
+        cost = len(missing) + len(extra) + len(shapes)
+        detail = (
+            f"closest is {arch} {kwargs}: missing tensors {missing[:5]}, unexpected tensors {extra[:5]}, "
+            f"shape mismatches (found vs expected) {shapes[:5]}"
+        )
+        if best is None or cost < best[0]:
+            best = (cost, detail)
+    known = ", ".join(f"{a} {k}" for a, k, _ in signatures.head(5).itertuples(index=False))
+    raise InvalidParametersError(
+        f"{source}: its architecture is not one the zoo at {ms.root} knows ({len(found)} tensors); "
+        f"{best[1] if best else 'the zoo has no models'}. Known signatures include: {known}"
+    )
+
+
+def find_lps(path: str | os.PathLike) -> Path:
+    """The LPS checkpoint folder at ``path``, or the first ``seed*`` folder under it."""
+    root = Path(path)
+    if (root / CONFIG_FILE).exists():
+        return root
+    candidates = sorted(p.parent for p in root.glob(f"*/{CONFIG_FILE}")) if root.is_dir() else []
+    if not candidates:
+        raise ModelSetError(
+            f"{root}: no trained LPS found (no {CONFIG_FILE}); train one with "
+            f"`python -m lps train --zoo PATH --out {root}`"
+        )
+    return candidates[0]
+
+
+def search(
+    scorer: LPS, ms, state: Mapping[str, torch.Tensor], k: int = 5, source: str = "checkpoint"
+) -> pd.DataFrame:
+    """The ``k`` zoo models most similar to ``state``: columns model_id, task, score, architecture, variant."""
+    arch, kwargs = match_architecture(ms, state, source)
+    query = scorer.embed(dict(state), architecture=arch, arch_kwargs=kwargs)
+    ids = list(ms.metadata.index)
+    zoo = scorer.embed(ids, ms=ms)
+    scores = (zoo @ query[0]).numpy()
+    order = scores.argsort()[::-1][:k]
+    table = ms.metadata.iloc[order]
+    return pd.DataFrame(
+        {
+            "model_id": [ids[i] for i in order],
+            "task": table["task"].astype(str).to_numpy(),
+            "score": scores[order],
+            "architecture": table["architecture"].astype(str).to_numpy(),
+            "variant": table["variant"].astype(str).to_numpy(),
+        }
+    )

@@ -1,0 +1,291 @@
+"""LPS end to end on small synthetic model sets: it learns, saves safely, searches, and fails clearly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import lps
+import modelset
+from lps.__main__ import main
+from lps._bank import bank_from_groups
+from lps.augment import Augmentation, augment, prune
+from lps.evaluate import evaluate_flattened_cosine, evaluate_similarity, split_ids
+from lps.features import compute_features
+from lps.model import LPS, newton_schulz_sqrt
+from lps.pairs import PairSampler
+from lps.search import load_checkpoint, match_architecture
+from lps.splits import split
+from lps.weights import WeightSpace
+from modelset.errors import ModelSetError
+from modelset.synthetic import write_synthetic
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    path = write_synthetic(tmp_path_factory.mktemp("zoo") / "syn", 96, n_tasks=8, noise=0.3, seed=0)
+    return modelset.open(path)
+
+
+@pytest.fixture(scope="module")
+def trained(zoo):
+    sp = split(zoo, seed=0)
+    return sp, lps.train(
+        zoo, train_tasks=sp.train_tasks, train_ids=sp.train_ids, mode="pairs", seed=0, epochs=8
+    )
+
+
+def test_split_is_honest_and_deterministic(zoo) -> None:
+    sp = split(zoo, seed=0, holdout_task_fraction=0.25, holdout_model_fraction=0.25)
+    assert len(sp.heldout_tasks) == 2 and len(sp.train_tasks) == 6
+    assert not set(sp.train_tasks) & set(sp.heldout_tasks)
+    tasks = zoo.metadata["task"]
+    assert set(tasks[list(sp.train_ids)]) == set(sp.train_tasks)
+    assert set(tasks[list(sp.heldout_model_ids)]) <= set(sp.train_tasks)
+    assert set(tasks[list(sp.heldout_task_ids)]) == set(sp.heldout_tasks)
+    assert not set(sp.train_ids) & set(sp.heldout_model_ids)
+    assert len(split_ids(sp)) == len(zoo)  # every model is scored exactly once
+    assert split(zoo, seed=0, holdout_task_fraction=0.25, holdout_model_fraction=0.25) == sp
+    assert (
+        split(zoo, seed=1).heldout_tasks != sp.heldout_tasks
+        or split(zoo, seed=2).heldout_tasks != sp.heldout_tasks
+    )
+
+
+def test_split_keeps_variant_families_together() -> None:
+    rows = []
+    for t in range(4):
+        for f in range(3):
+            base = f"t{t}-b{f}"
+            rows += [
+                (base, f"t{t}", ""),
+                (f"{base}-pruned", f"t{t}", base),
+                (f"{base}-pruned-ft", f"t{t}", f"{base}-pruned"),
+            ]
+    table = pd.DataFrame(rows, columns=["model_id", "task", "parent_id"]).set_index("model_id")
+    sp = split(table, seed=3, holdout_task_fraction=0.5, holdout_model_fraction=0.3)
+    held = set(sp.heldout_model_ids)
+    for mid in held:  # a held-out family is held out whole
+        root = mid.split("-pruned")[0]
+        assert {root, f"{root}-pruned", f"{root}-pruned-ft"} <= held
+    with pytest.raises(ModelSetError, match="at least 4 tasks"):
+        split(table[table["task"].isin(["t0", "t1", "t2"])], seed=0)
+
+
+def test_trained_lps_separates_tasks_better_than_chance(zoo, trained) -> None:
+    sp, scorer = trained
+    scores = lps.evaluate_lps(scorer, zoo, sp)
+    baseline = evaluate_flattened_cosine(zoo, sp)
+    # Chance: AUC 0.5, task accuracy 1/6, held-out mAP about 0.5 with two tasks of 12 models.
+    assert scores["heldout_model_auc"] > 0.9
+    assert scores["heldout_model_task_accuracy"] > 0.8
+    assert scores["heldout_task_map"] > 0.65
+    # Synthetic models are permuted copies: without alignment the weights look unrelated.
+    assert scores["heldout_model_auc"] > baseline["heldout_model_auc"] + 0.1
+    assert scorer.config["train_tasks"] == sorted(sp.train_tasks)
+
+
+def test_contrastive_mode_learns(zoo) -> None:
+    sp = split(zoo, seed=0)
+    scorer = lps.train(zoo, train_ids=sp.train_ids, mode="contrastive", seed=0, epochs=3, batch_size=32)
+    scores = lps.evaluate_lps(scorer, zoo, sp)
+    assert scores["heldout_model_auc"] > 0.75
+
+
+def test_train_refuses_models_outside_training_tasks(zoo) -> None:
+    sp = split(zoo, seed=0)
+    with pytest.raises(ModelSetError, match="not training tasks"):
+        lps.train(zoo, train_tasks=sp.train_tasks, train_ids=list(sp.heldout_task_ids[:3]), epochs=1)
+    with pytest.raises(ModelSetError, match="unknown LPS training mode 'triplet'"):
+        lps.train(zoo, train_tasks=sp.train_tasks, mode="triplet")
+
+
+def test_save_load_gives_identical_embeddings(zoo, trained, tmp_path) -> None:
+    _, scorer = trained
+    ids = list(zoo.metadata.index[:10])
+    before = scorer.embed(ids, ms=zoo)
+    scorer.save(tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["lps.json", "lps.safetensors"]
+    loaded = LPS.load(tmp_path / "ckpt")
+    assert torch.equal(loaded.embed(ids, ms=zoo), before)
+    assert before.shape == (10, scorer.dim)
+    torch.testing.assert_close(before.norm(dim=1), torch.ones(10))
+    sim = loaded.similarity(before, before)
+    assert sim.shape == (10, 10) and torch.allclose(sim.diagonal(), torch.ones(10), atol=1e-5)
+    # Plain state dicts with their architecture embed like their model ids.
+    states = [zoo.state_dict(m) for m in ids[:3]]
+    row = zoo.metadata.loc[ids[0]]
+    direct = loaded.embed(states, architecture=row["architecture"], arch_kwargs=row["arch_kwargs"])
+    torch.testing.assert_close(direct, before[:3], atol=1e-5, rtol=1e-4)
+
+
+def test_load_rejects_bad_checkpoints(trained, tmp_path) -> None:
+    _, scorer = trained
+    folder = scorer.save(tmp_path / "ckpt")
+    with pytest.raises(ModelSetError, match="lps.json: missing"):
+        LPS.load(tmp_path)
+    (folder / "lps.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ModelSetError, match="cannot be read as safetensors"):
+        LPS.load(folder)
+    config = json.loads((folder / "lps.json").read_text())
+    config["format"] = "pickle-v0"
+    (folder / "lps.json").write_text(json.dumps(config))
+    with pytest.raises(ModelSetError, match="format 'pickle-v0', expected 'lps-v1'"):
+        LPS.load(folder)
+
+
+def test_search_returns_the_query_model_first(zoo, trained, tmp_path, capsys) -> None:
+    _, scorer = trained
+    scorer.save(tmp_path / "lps" / "seed0")
+    mid = zoo.metadata.index[17]
+    state = zoo.state_dict(mid)
+    save_file(state, str(tmp_path / "query.safetensors"))
+    torch.save(state, tmp_path / "query.pt")
+    table = lps.search(scorer, zoo, state, k=5)
+    assert table["model_id"].iloc[0] == mid and len(table) == 5
+    assert table["score"].iloc[0] == pytest.approx(1.0, abs=1e-5)
+    assert table["task"].iloc[0] == zoo.metadata.loc[mid, "task"]
+    assert list(table["score"]) == sorted(table["score"], reverse=True)
+    for query in ("query.safetensors", "query.pt"):
+        code = main(
+            [
+                "search",
+                str(tmp_path / query),
+                "--zoo",
+                str(zoo.root),
+                "-k",
+                "3",
+                "--lps",
+                str(tmp_path / "lps"),
+            ]
+        )
+        out = capsys.readouterr().out
+        assert code == 0
+        first = out.strip().splitlines()[2].split()
+        assert first[0] == mid and first[1] == zoo.metadata.loc[mid, "task"]
+
+
+def test_search_rejects_unknown_architectures_and_unsafe_files(zoo, trained, tmp_path, capsys) -> None:
+    _, scorer = trained
+    state = zoo.state_dict(zoo.metadata.index[0])
+    wrong = dict(state, **{"conv2.weight": torch.zeros(8, 16, 3, 3)})
+    with pytest.raises(
+        ModelSetError, match=r"not one the zoo .* knows.*conv2.weight: \[8, 16, 3, 3\] vs \[16, 16, 3, 3\]"
+    ):
+        match_architecture(zoo, wrong, "mine.pt")
+    assert match_architecture(zoo, state) == ("cnn3", zoo.metadata["arch_kwargs"].iloc[0])
+    # A pickled module is code, not weights: the weights-only loader refuses it.
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")
+    with pytest.raises(ModelSetError, match="module.pt: not a weights-only torch checkpoint"):
+        load_checkpoint(tmp_path / "module.pt")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(ModelSetError, match="junk.safetensors: cannot be read as safetensors"):
+        load_checkpoint(tmp_path / "junk.safetensors")
+    torch.save({"state_dict": wrong}, tmp_path / "wrapped.pt")
+    scorer.save(tmp_path / "lps")
+    code = main(
+        ["search", str(tmp_path / "wrapped.pt"), "--zoo", str(zoo.root), "--lps", str(tmp_path / "lps")]
+    )
+    assert code == 2
+    assert "wrapped.pt: its architecture is not one the zoo" in capsys.readouterr().err
+
+
+def test_random_scorer_at_chance_and_oracle_at_maximum(zoo) -> None:
+    sp = split(zoo, seed=0)
+    ids = split_ids(sp)
+    task_of = zoo.metadata["task"].astype(str).to_dict()
+    labels = np.asarray([task_of[m] for m in ids])
+    oracle = evaluate_similarity((labels[:, None] == labels[None, :]).astype(float), ids, task_of, sp)
+    assert all(v == pytest.approx(1.0) for v in oracle.values()), oracle
+    rng = np.random.default_rng(0)
+    runs = [evaluate_similarity(rng.random((len(ids), len(ids))), ids, task_of, sp) for _ in range(20)]
+    assert np.mean([r["heldout_model_auc"] for r in runs]) == pytest.approx(0.5, abs=0.05)
+    assert np.mean([r["heldout_model_task_accuracy"] for r in runs]) == pytest.approx(1 / 6, abs=0.08)
+    assert np.mean([r["heldout_task_rank1"] for r in runs]) == pytest.approx(11 / 23, abs=0.08)
+
+
+def test_pair_sampler_balances_and_grades() -> None:
+    tasks = ["a"] * 5 + ["b"] * 5 + ["c"] * 5
+    hard = pd.DataFrame([[1, 0.9, 0.0], [0.9, 1, 0.0], [0.0, 0.0, 1]], index=list("abc"), columns=list("abc"))
+    sampler = PairSampler(tasks, hardness=hard, graded=hard, seed=0)
+    pairs = sampler.sample(np.arange(15))
+    labels = np.asarray(tasks)
+    first, second = pairs.first.numpy(), pairs.second.numpy()
+    assert np.bincount(pairs.kind.numpy()).tolist() == [15, 15, 15]
+    pos, hardneg = pairs.kind.numpy() == 0, pairs.kind.numpy() == 1
+    assert (labels[first[pos]] == labels[second[pos]]).all() and (first[pos] != second[pos]).all()
+    assert (labels[first[~pos]] != labels[second[~pos]]).all()
+    # The hard negative of an "a" model comes from the related task "b", with graded target 0.9.
+    a_hard = hardneg & (labels[first] == "a")
+    assert (labels[second[a_hard]] == "b").all()
+    assert torch.allclose(pairs.target[torch.as_tensor(a_hard)], torch.tensor(0.9))
+    assert torch.equal(pairs.target[torch.as_tensor(pos)], torch.ones(15))
+    with pytest.raises(ModelSetError, match="lacks tasks"):
+        PairSampler(tasks, hardness=hard.loc[["a", "b"], ["a", "b"]])
+
+
+def test_augmentations_keep_what_they_should(zoo) -> None:
+    ids = list(zoo.metadata.index[:4])
+    row = zoo.metadata.loc[ids[0]]
+    space = WeightSpace.from_stacked(row["architecture"], row["arch_kwargs"], zoo.stacked(ids))
+    gen = torch.Generator().manual_seed(0)
+    only_permute = augment(space, Augmentation(permute=True, channel_dropout=0, prune=0, noise=0), gen)
+    a, b = compute_features(space).flat(), compute_features(only_permute).flat()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=2e-5, rtol=1e-4)
+    pruned = prune(space, 1.0, gen)
+    for layer, original in zip(pruned.layers, space.layers):
+        zeros = (layer.weight.reshape(4, -1) == 0).float().mean(1)
+        assert (zeros > 0).any() and (zeros <= 1).all()
+        assert ((layer.weight == 0) | (layer.weight == original.weight)).all()
+    changed = augment(space, Augmentation(), gen)
+    assert not torch.equal(compute_features(changed).matrices["conv2.gram"], a["m:conv2.gram"])
+
+
+def test_newton_schulz_matches_the_eigendecomposition() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 6, 6, generator=gen, dtype=torch.float64)
+    spd = x @ x.transpose(1, 2) + 0.5 * torch.eye(6, dtype=torch.float64)
+    vals, vecs = torch.linalg.eigh(spd)
+    exact = vecs @ torch.diag_embed(vals.sqrt()) @ vecs.transpose(1, 2)
+    torch.testing.assert_close(newton_schulz_sqrt(spd, iterations=30), exact, atol=1e-6, rtol=1e-6)
+
+
+def test_mixed_architectures_share_a_bank() -> None:
+    import modelset.architectures.resnet  # noqa: F401  (registers resnet_tiny)
+    from modelset.architectures import build_architecture
+
+    cnn = build_architecture("cnn3", {"num_classes": 5}).state_dict()
+    res = build_architecture("resnet_tiny", {"num_classes": 5}).state_dict()
+    groups = [
+        ([0], compute_features(WeightSpace.from_state_dict("cnn3", {"num_classes": 5}, cnn))),
+        ([1], compute_features(WeightSpace.from_state_dict("resnet_tiny", {"num_classes": 5}, res))),
+    ]
+    bank = bank_from_groups(groups, 2)
+    assert bank.masks["m:conv2.gram"].tolist() == [True, False]
+    assert bank.masks["m:stem.gram"].tolist() == [False, True]
+    assert bank.masks["v:grams.log_trace"].tolist() == [True, False]
+    assert bank.masks["v:grams.log_trace@2"].tolist() == [False, True]  # same key, other shape: kept apart
+    with pytest.raises(ModelSetError, match="model input 0: none of its features.*architecture is unknown"):
+        bank.subset([1]).conform({"m:conv2.gram": [90, 90]})
+
+
+@pytest.mark.slow
+def test_cli_train_writes_the_table(zoo, tmp_path, capsys) -> None:
+    out = tmp_path / "lps"
+    code = main(["train", "--zoo", str(zoo.root), "--out", str(out), "--seeds", "0", "1", "--epochs", "3"])
+    assert code == 0
+    report = json.loads((out / "results.json").read_text())
+    assert set(report["summary"]) == {"LPS (pairs)", "flattened cosine"}
+    assert [r["seed"] for r in report["runs"]] == [0, 1]
+    auc = report["summary"]["LPS (pairs)"]["heldout_model_auc"]
+    assert len(auc["values"]) == 2 and auc["mean"] == pytest.approx(np.mean(auc["values"]))
+    assert (out / "seed0" / "lps.safetensors").exists() and (out / "seed1" / "lps.json").exists()
+    printed = capsys.readouterr().out
+    assert "| held-out tasks: mAP |" in printed and "flattened cosine" in printed
+    assert (out / "results.md").read_text().count("±") == 13  # header + 6 metrics × 2 methods
