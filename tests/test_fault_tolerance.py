@@ -1,0 +1,140 @@
+"""Fault tolerance: SIGKILL a builder at random moments and resume; readers during a build; locks."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import modelset
+from modelset.errors import LockedError
+from modelset.writer import ModelSetWriter
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A builder in a child process: writes a synthetic set, resuming whatever was committed before.
+BUILDER = textwrap.dedent(
+    """
+    import sys, torch
+    torch.set_num_threads(1)
+    from modelset.synthetic import write_synthetic
+    print("ready", flush=True)
+    write_synthetic(sys.argv[1], int(sys.argv[2]), n_tasks=4, models_per_shard=int(sys.argv[3]),
+                    seed=5, overwrite=False)
+    print("done", flush=True)
+    """
+)
+
+HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from modelset.writer import ModelSetWriter
+    with ModelSetWriter.open(sys.argv[1], name="held", config={}):
+        print("locked", flush=True)
+        time.sleep(60)
+    """
+)
+
+
+def _child(script: str, *args: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True
+    )
+
+
+def _wait_line(proc: subprocess.Popen, expected: str) -> None:
+    line = proc.stdout.readline().strip()
+    assert line == expected, f"child said {line!r}, expected {expected!r}"
+
+
+def _check_exactly_once(path: Path, n_models: int) -> None:
+    report = modelset.verify(path)
+    assert report["models"] == n_models
+    with modelset.open(path) as ms:
+        ids = list(ms.metadata.index)
+        assert sorted(ids) == [f"syn-{i:06d}" for i in range(n_models)]  # each model once, none lost
+        assert ms.header["complete"] is True
+        assert len(ms.stacked(ids)["conv1.weight"]) == n_models
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
+    path, n_models, per_shard = tmp_path / "set", 48, 4
+    rng = random.Random(7)
+    kills, max_kills = 0, 4
+    # Each round a fresh builder resumes the set; the first rounds are killed at a random moment
+    # (during start-up, a shard write, a table commit or the checksums), the last runs to the end.
+    for _round in range(max_kills + 1):
+        proc = _child(BUILDER, str(path), str(n_models), str(per_shard))
+        _wait_line(proc, "ready")
+        if kills < max_kills:
+            try:
+                proc.wait(timeout=rng.uniform(0.05, 0.6))
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                kills += 1
+                # Whatever the moment of the kill, what a reader sees is consistent.
+                if (path / "modelset.json").exists():
+                    with modelset.open(path) as ms:
+                        assert len(ms) % per_shard == 0 and ms.metadata.index.is_unique
+                        if len(ms):
+                            ms.stacked(list(ms.metadata.index))
+                continue
+        assert proc.wait(timeout=120) == 0, f"builder failed with {proc.returncode} after {kills} kills"
+        break
+    assert kills >= 2, "the test should interrupt the build at least twice"
+    _check_exactly_once(path, n_models)
+    assert not list(path.rglob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_reader_during_build_sees_only_complete_shards(tmp_path: Path) -> None:
+    path, n_models, per_shard = tmp_path / "set", 60, 3
+    proc = _child(BUILDER, str(path), str(n_models), str(per_shard))
+    _wait_line(proc, "ready")
+    seen: set[int] = set()
+    while proc.poll() is None:
+        try:
+            ms = modelset.open(path)
+        except modelset.ModelSetError:
+            continue  # the header is not written yet
+        with ms:
+            n = len(ms)
+            assert n % per_shard == 0, f"reader saw {n} models: a shard was visible before it was complete"
+            if n:
+                stacked = ms.stacked(list(ms.metadata.index))  # every listed shard is there and readable
+                assert stacked["head.weight"].shape[0] == n
+        seen.add(n)
+        time.sleep(0.01)
+    assert proc.returncode == 0
+    assert len(seen) >= 2, f"the reader should see the set grow, saw sizes {sorted(seen)}"
+    _check_exactly_once(path, n_models)
+
+
+def test_second_writer_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "set"
+    holder = _child(HOLDER, str(path))
+    try:
+        _wait_line(holder, "locked")
+        with pytest.raises(LockedError, match="being written by another process"):
+            ModelSetWriter.open(path, name="held", config={})
+        # A second builder process is refused too, and leaves the set untouched.
+        proc = _child(BUILDER, str(path), "4", "2")
+        _wait_line(proc, "ready")
+        assert proc.wait(timeout=60) != 0
+        assert not (path / "models.parquet").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # The lock dies with its holder: a killed builder never blocks the next one.
+    with ModelSetWriter.open(path, name="held", config={}) as writer:
+        assert writer.model_ids == set()
