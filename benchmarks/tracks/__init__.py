@@ -1,6 +1,6 @@
 """Benchmark tracks, registered by name: ``get_track(name)``, ``list_tracks()``.
 
-The imports below are the full list of built-in tracks, in the leaderboard's column order.
+The imports below are the full list of built-in tracks.
 """
 
 from __future__ import annotations

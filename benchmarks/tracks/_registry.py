@@ -126,8 +126,8 @@ def register_track(cls: T) -> T:
 
 
 def list_tracks() -> list[str]:
-    """Names of every registered track, in the leaderboard's column order."""
-    return list(_TRACKS)
+    """Names of every registered track, sorted."""
+    return sorted(_TRACKS)
 
 
 def get_track(name: str) -> type[Track]:

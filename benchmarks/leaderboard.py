@@ -1,0 +1,377 @@
+"""The leaderboard: a pure function of the result files.
+
+``render(results_dir, out_dir)`` reads every result file and writes ``leaderboard.csv`` (one row per
+method: mean and std over seeds of each track's primary metrics), ``leaderboard.md`` (the main
+table, method cards, per-track details) and a self-contained ``leaderboard.html`` (the same tables
+and the plots as base64 PNGs with inline CSS: it opens without network). Nothing is recomputed
+from the model set, so re-running one method re-renders without touching the others.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchmarks import _plots
+from benchmarks.results import Result, load_results
+
+log = logging.getLogger(__name__)
+
+#: Column labels of the main table (track, metric) -> short header; others use "track.metric".
+LABELS = {
+    ("task_classification", "accuracy"): "task acc",
+    ("task_classification", "auc"): "pair AUC",
+    ("retrieval", "map"): "mAP",
+    ("retrieval", "rank1"): "rank-1",
+    ("retrieval", "rank5"): "rank-5",
+    ("task_relations", "spearman_mean"): "relations ρ",
+    ("variant_robustness", "rank1"): "variant rank-1",
+    ("variant_robustness", "map"): "variant mAP",
+    ("few_shot", "accuracy"): "few-shot acc",
+    ("transfer", "kendall_tau"): "transfer τ",
+    ("transfer", "regret"): "regret ↓",
+}
+TRACK_ORDER = ("task_classification", "retrieval", "task_relations", "variant_robustness", "few_shot", "transfer")
+EMBEDDING_MAP_METHODS = ("lps", "lps_contrastive")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One method × metric: mean and std over seeds with status ok, or why there is none."""
+
+    mean: float | None
+    std: float | None
+    n: int
+    status: str  # "ok", "n/a", "failed", "missing"
+
+    def text(self, digits: int = 3) -> str:
+        if self.status != "ok" or self.mean is None:
+            return {"n/a": "n/a", "failed": "failed"}.get(self.status, "—")
+        if self.n > 1 and self.std is not None:
+            return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
+        return f"{self.mean:.{digits}f}"
+
+
+def _track_rank(track: str) -> tuple[int, str]:
+    return (TRACK_ORDER.index(track) if track in TRACK_ORDER else len(TRACK_ORDER), track)
+
+
+def _columns(results: list[Result]) -> list[tuple[str, str]]:
+    """(track, metric) of every primary metric, tracks in leaderboard order."""
+    primary: dict[str, list[str]] = {}
+    for r in results:
+        primary.setdefault(r.track, list(r.track_meta.get("primary", [])))
+    return [(t, m) for t in sorted(primary, key=_track_rank) for m in primary[t]]
+
+
+def _cell(rs: list[Result], metric: str) -> Cell:
+    ok = [r.metrics.get(metric) for r in rs if r.status == "ok"]
+    values = [float(v) for v in ok if v is not None]
+    if values:
+        std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+        return Cell(float(np.mean(values)), std, len(values), "ok")
+    if ok:  # ran, but the metric is undefined (e.g. a constant scorer's rank correlation)
+        return Cell(None, None, 0, "ok")
+    statuses = {r.status for r in rs}
+    if "failed" in statuses:
+        return Cell(None, None, 0, "failed")
+    if statuses == {"not_applicable"}:
+        return Cell(None, None, 0, "n/a")
+    return Cell(None, None, 0, "missing")
+
+
+def _methods(results: list[Result]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for r in results:
+        out.setdefault(r.method, r.method_meta)
+    return out
+
+
+def table(results: list[Result]) -> tuple[list[str], list[tuple[str, str]], dict[tuple[str, str, str], Cell]]:
+    """Row order (methods), columns and cells ``(method, track, metric) -> Cell`` of the main table.
+
+    Methods are sorted by their mean rank over the columns they have; privileged controls last.
+    """
+    columns = _columns(results)
+    grouped: dict[tuple[str, str], list[Result]] = defaultdict(list)
+    for r in results:
+        grouped[(r.method, r.track)].append(r)
+    metas = _methods(results)
+    cells = {(m, t, k): _cell(grouped.get((m, t), []), k) for m in metas for t, k in columns}
+    ranks: dict[str, list[float]] = defaultdict(list)
+    for t, k in columns:
+        lower = any(k in r.track_meta.get("lower_is_better", []) for r in results if r.track == t)
+        vals = {m: cells[(m, t, k)].mean for m in metas if cells[(m, t, k)].mean is not None}
+        if not vals:
+            continue
+        order = sorted(vals, key=lambda m: vals[m] if lower else -vals[m])
+        for i, m in enumerate(order):
+            ranks[m].append(i)
+    methods = sorted(
+        metas,
+        key=lambda m: (bool(metas[m].get("privileged")), np.mean(ranks[m]) if ranks[m] else math.inf, m),
+    )
+    return methods, columns, cells
+
+
+def _best(methods: list[str], columns: list[tuple[str, str]], cells: dict, results: list[Result]) -> set[tuple[str, str, str]]:
+    """Best cell per column among non-privileged methods (bold in the tables)."""
+    metas = _methods(results)
+    best = set()
+    for t, k in columns:
+        lower = any(k in r.track_meta.get("lower_is_better", []) for r in results if r.track == t)
+        vals = {m: cells[(m, t, k)].mean for m in methods if cells[(m, t, k)].mean is not None and not metas[m].get("privileged")}
+        if vals:
+            target = min(vals.values()) if lower else max(vals.values())
+            best |= {(m, t, k) for m, v in vals.items() if v == target}
+    return best
+
+
+def leaderboard_frame(results: list[Result]) -> pd.DataFrame:
+    """The CSV table: one row per method, ``{track}.{metric}.mean/.std/.n`` columns plus metadata."""
+    methods, columns, cells = table(results)
+    metas = _methods(results)
+    rows = []
+    for m in methods:
+        row: dict[str, Any] = {
+            "method": m,
+            "learned": bool(metas[m].get("learned")),
+            "needs_data": bool(metas[m].get("needs_data")),
+            "privileged": bool(metas[m].get("privileged")),
+            "seeds": len({r.seed for r in results if r.method == m}),
+        }
+        for t, k in columns:
+            c = cells[(m, t, k)]
+            row[f"{t}.{k}.mean"] = c.mean
+            row[f"{t}.{k}.std"] = c.std
+            row[f"{t}.{k}.status"] = c.status
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _header(t: str, k: str) -> str:
+    return LABELS.get((t, k), f"{t}.{k}")
+
+
+def _not_applicable(results: list[Result]) -> dict[str, str]:
+    out = {}
+    for r in results:
+        if r.status == "not_applicable":
+            out.setdefault(r.track, r.reason)
+    return out
+
+
+def _details(results: list[Result]) -> dict[str, pd.DataFrame]:
+    """Per track: methods × every reported metric (mean ± std text)."""
+    out = {}
+    for track in sorted({r.track for r in results}, key=_track_rank):
+        rs = [r for r in results if r.track == track and r.status == "ok"]
+        if not rs:
+            continue
+        metric_names = sorted({k for r in rs for k in r.metrics})
+        rows = {}
+        for m in sorted({r.method for r in rs}):
+            mine = [r for r in rs if r.method == m]
+            rows[m] = {k: _cell(mine, k).text() for k in metric_names}
+        out[track] = pd.DataFrame.from_dict(rows, orient="index")
+    return out
+
+
+def markdown(results: list[Result]) -> str:
+    """The leaderboard as Markdown: main table, notes, method cards, per-track details."""
+    methods, columns, cells = table(results)
+    best = _best(methods, columns, cells, results)
+    metas = _methods(results)
+    zoo = results[0].zoo if results else {}
+    seeds = sorted({r.seed for r in results})
+    lines = [
+        "# ModelSet leaderboard",
+        "",
+        f"Model set **{zoo.get('name', '?')}** ({zoo.get('models', '?')} models, SHA256SUMS digest "
+        f"`{str(zoo.get('sha256sums_sha256', ''))[:12]}`), seeds {seeds}, from {len(results)} result files. "
+        "Mean ± std over seeds; learned methods are fit on training-task models only. "
+        "Best non-control value per column in bold; † marks controls that read the task labels.",
+        "",
+    ]
+    header = ["method", "learned", "data"] + [_header(t, k) for t, k in columns]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join(["---"] * 3 + ["---:"] * len(columns)) + "|")
+    for m in methods:
+        meta = metas[m]
+        name = f"{m} †" if meta.get("privileged") else m
+        row = [name, "yes" if meta.get("learned") else "no", "yes" if meta.get("needs_data") else "no"]
+        for t, k in columns:
+            text = cells[(m, t, k)].text()
+            row.append(f"**{text}**" if (m, t, k) in best else text)
+        lines.append("| " + " | ".join(row) + " |")
+    na = _not_applicable(results)
+    if na:
+        lines += ["", "Tracks not applicable to this model set:", ""]
+        lines += [f"- `{t}`: {reason}" for t, reason in sorted(na.items(), key=lambda x: _track_rank(x[0]))]
+    failed = sorted({(r.method, r.track) for r in results if r.status == "failed"})
+    if failed:
+        lines += ["", "Failed (re-run `python -m benchmarks run` to retry): " + ", ".join(f"{m}/{t}" for m, t in failed)]
+    lines += ["", "## Methods", "", "| method | learned | needs data | invariances | reference | fit s (mean) |", "|---|---|---|---|---|---:|"]
+    for m in methods:
+        meta = metas[m]
+        fits = [r.timing.get("fit_seconds", 0.0) for r in results if r.method == m]
+        lines.append(
+            f"| {m} | {'yes' if meta.get('learned') else 'no'} | {'yes' if meta.get('needs_data') else 'no'} | "
+            f"{', '.join(meta.get('invariances', [])) or '—'} | {meta.get('reference', '')} | {np.mean(fits) if fits else 0:.1f} |"
+        )
+    for track, frame in _details(results).items():
+        desc = next((r.track_meta.get("description", "") for r in results if r.track == track), "")
+        lines += ["", f"## {track}", "", desc, "", frame.to_markdown() if _has_tabulate() else _plain_md(frame)]
+    return "\n".join(lines) + "\n"
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _plain_md(frame: pd.DataFrame) -> str:
+    cols = [str(c) for c in frame.columns]
+    out = ["| method | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for idx, row in frame.iterrows():
+        out.append(f"| {idx} | " + " | ".join(str(v) for v in row.tolist()) + " |")
+    return "\n".join(out)
+
+
+def _first_seed(results: list[Result], track: str) -> dict[str, Result]:
+    """Per method, its ok result of ``track`` with the lowest seed (curves are shown for one seed)."""
+    out: dict[str, Result] = {}
+    for r in sorted(results, key=lambda r: r.seed):
+        if r.track == track and r.status == "ok":
+            out.setdefault(r.method, r)
+    return out
+
+
+def figures(results: list[Result]) -> list[tuple[str, str, str]]:
+    """``(title, caption, base64 PNG)`` of every plot the result files support."""
+    out = []
+    roc = _first_seed(results, "task_classification")
+    if roc:
+        curves = {m: r.curves["roc"] for m, r in roc.items() if r.curves.get("roc")}
+        out.append(("ROC curves", f"Pair verification on held-out models of seen tasks, seed {min(r.seed for r in roc.values())}; AUC in brackets.",
+                    _plots.roc_curves(curves, {m: r.metrics.get("auc") for m, r in roc.items()})))
+    ret = _first_seed(results, "retrieval")
+    if ret:
+        curves = {m: r.curves["cmc"] for m, r in ret.items() if r.curves.get("cmc")}
+        out.append(("Retrieval CMC curves", "Fraction of held-out-task queries with a same-task model among the top k.", _plots.cmc_curves(curves)))
+        chosen = next((m for m in EMBEDDING_MAP_METHODS if m in ret and ret[m].curves.get("map2d")), None)
+        if chosen is None:
+            chosen = next((m for m, r in sorted(ret.items()) if r.method_meta.get("learned") and r.curves.get("map2d")), None)
+        if chosen is not None:
+            out.append((f"Embedding map: {chosen}", "PCA of unit-norm embeddings of every test model (held-out models and held-out tasks).",
+                        _plots.embedding_map(chosen, ret[chosen].curves["map2d"])))
+    rel = _first_seed(results, "task_relations")
+    if rel:
+        any_r = next(iter(rel.values()))
+        matrices = {m: r.curves["matrix"] for m, r in rel.items() if r.curves.get("matrix")}
+        out.append(("Task × task similarity", "Ground-truth relations (first panels) beside each method's mean model similarity per task pair.",
+                    _plots.task_matrices(any_r.curves.get("tasks", []), any_r.curves.get("truth", {}), matrices)))
+    var = [r for r in results if r.track == "variant_robustness" and r.status == "ok" and r.curves.get("tradeoff")]
+    if var:
+        out.append(("Variants: accuracy vs FLOPs", "Each dot a model of the zoo, each cross a family's mean (from the model table).",
+                    _plots.tradeoff(var[0].curves["tradeoff"])))
+    few = _first_seed(results, "few_shot")
+    if few:
+        per = {m: {c: (v["accuracy"], v["ci95"]) for c, v in r.curves.get("per_context", {}).items()} for m, r in few.items()}
+        out.append(("Flexible few-shot", "Episode accuracy by grouping context with 95% intervals.", _plots.few_shot_bars(per)))
+    return out
+
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
+h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.85em;margin:.6em 0}th,td{border:1px solid #ddd;padding:.3em .6em}
+th{background:#f3f5f7}td.num{text-align:right;font-variant-numeric:tabular-nums}td.best{font-weight:bold;background:#eef7ee}
+tr.control td{color:#777}figure{margin:1.2em 0}figcaption{font-size:.85em;color:#555}
+img{max-width:100%;border:1px solid #eee}.note{font-size:.85em;color:#555}
+"""
+
+
+def html_page(results: list[Result]) -> str:
+    """The self-contained HTML leaderboard (inline CSS, base64 PNG plots, no scripts)."""
+    methods, columns, cells = table(results)
+    best = _best(methods, columns, cells, results)
+    metas = _methods(results)
+    zoo = results[0].zoo if results else {}
+    esc = html.escape
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>ModelSet leaderboard</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>ModelSet leaderboard</h1>",
+        f"<p class='note'>Model set <b>{esc(str(zoo.get('name', '?')))}</b> ({esc(str(zoo.get('models', '?')))} models), "
+        f"seeds {sorted({r.seed for r in results})}, {len(results)} result files, rendered "
+        f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. Mean ± std over seeds. "
+        "Bold: best non-control value. † controls read the task labels.</p>",
+        "<h2>Main table</h2><table><tr><th>method</th><th>learned</th><th>data</th>",
+    ]
+    parts += [f"<th>{esc(_header(t, k))}</th>" for t, k in columns]
+    parts.append("</tr>")
+    for m in methods:
+        meta = metas[m]
+        cls = " class='control'" if meta.get("privileged") else ""
+        parts.append(f"<tr{cls}><td>{esc(m)}{' †' if meta.get('privileged') else ''}</td>"
+                     f"<td>{'yes' if meta.get('learned') else 'no'}</td><td>{'yes' if meta.get('needs_data') else 'no'}</td>")
+        for t, k in columns:
+            klass = "num best" if (m, t, k) in best else "num"
+            parts.append(f"<td class='{klass}'>{esc(cells[(m, t, k)].text())}</td>")
+        parts.append("</tr>")
+    parts.append("</table>")
+    na = _not_applicable(results)
+    if na:
+        parts.append("<p class='note'>Not applicable to this model set: " + "; ".join(
+            f"<code>{esc(t)}</code>: {esc(reason)}" for t, reason in sorted(na.items(), key=lambda x: _track_rank(x[0]))) + "</p>")
+    for title, caption, png in figures(results):
+        parts.append(f"<h2>{esc(title)}</h2><figure><img alt='{esc(title)}' src='data:image/png;base64,{png}'>"
+                     f"<figcaption>{esc(caption)}</figcaption></figure>")
+    parts.append("<h2>Methods</h2><table><tr><th>method</th><th>learned</th><th>needs data</th><th>invariances</th><th>reference</th></tr>")
+    for m in methods:
+        meta = metas[m]
+        parts.append(f"<tr><td>{esc(m)}</td><td>{'yes' if meta.get('learned') else 'no'}</td>"
+                     f"<td>{'yes' if meta.get('needs_data') else 'no'}</td><td>{esc(', '.join(meta.get('invariances', [])) or '—')}</td>"
+                     f"<td>{esc(meta.get('reference', ''))}</td></tr>")
+    parts.append("</table>")
+    for track, frame in _details(results).items():
+        parts.append(f"<h2>{esc(track)}: all metrics</h2>")
+        parts.append(frame.to_html(classes="details", border=0, na_rep="—"))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def render(results_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write ``leaderboard.csv``, ``leaderboard.md`` and ``leaderboard.html`` into ``out_dir``
+    from the result files of ``results_dir`` alone; returns their paths."""
+    results = load_results(results_dir)
+    if not results:
+        raise FileNotFoundError(f"{results_dir}: no result files (run `python -m benchmarks run` first)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out / "leaderboard.csv", "md": out / "leaderboard.md", "html": out / "leaderboard.html"}
+    _write(paths["csv"], leaderboard_frame(results).to_csv(index=False))
+    _write(paths["md"], markdown(results))
+    _write(paths["html"], html_page(results))
+    log.info("leaderboard of %d result files written to %s", len(results), out)
+    return paths
