@@ -8,10 +8,10 @@ on training-task models only, ``lps.evaluate`` scores it on held-out tasks and m
 
 from __future__ import annotations
 
+from lps import train  # a callable module: lps.train(ms, ...) runs lps.train.train
 from lps.evaluate import evaluate_lps
 from lps.model import LPS
 from lps.search import search
 from lps.splits import Split, split
-from lps.train import train  # the function shadows the submodule name on purpose: lps.train(ms)
 
 __all__ = ["LPS", "Split", "evaluate_lps", "search", "split", "train"]

@@ -19,7 +19,9 @@ Permuting layer ``l``'s units only permutes the rows of ``Y_l`` and ``C_l``, so 
 over units are invariant: ``conv1.gram = C_1ᵀC_1`` ``(d, d)``, ``conv{l}.gram = Y_lᵀY_l``
 ``(k²d, k²d)`` with ``Y_l = [Y_{l,1} … Y_{l,k²}]``, ``conv{l}.chain = C_lᵀC_l`` ``(d, d)``, and
 ``head.chain = HᵀH`` ``(d, d)`` with ``H = W_head C_L + b_head e_dᵀ``. Each Gram is divided by its
-trace (the log trace goes into the layer's statistics) so scales stay comparable.
+trace (the log traces go into ``grams.log_trace``) so scales stay comparable. The head's outputs
+are classes, which no permutation touches, so ``H`` itself (unit norm, ``classes·d``) is the vector
+``head.map``.
 
 **Statistics** (every architecture). Per layer ``{name}.stats``: log norm, moments, fraction of
 exact zeros (STR/GMP sparsity), quantiles of ``|w|``, the top singular values of the weight
@@ -106,6 +108,9 @@ def _chained_grams(layers: Sequence[Layer], vectors: dict[str, torch.Tensor]) ->
             summed[..., -1] += layer.bias
         chained = summed
         out[f"{layer.name}.chain"] = _gram(chained)
+    # The last layer's outputs are the classes, which are never permuted: its chained map itself
+    # (class × input-window coordinates, unit norm) is invariant and says which class reads what.
+    vectors["head.map"] = chained.flatten(1) / chained.flatten(1).norm(dim=1, keepdim=True).clamp_min(_TINY)
     # Gram log traces carry the scale that unit-trace normalisation removes.
     scales = []
     for key in list(out):

@@ -14,7 +14,9 @@ Two modes:
 from __future__ import annotations
 
 import logging
+import sys
 import time
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -269,3 +271,14 @@ def supervised_contrastive(z: torch.Tensor, labels: torch.Tensor, temperature: f
     has = counts > 0
     mean_log_prob = (log_prob * positive).sum(1)[has] / counts[has]
     return -mean_log_prob.mean()
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``lps.train(ms, ...)`` call :func:`train` while ``lps.train.train`` and
+    ``from lps.train import ...`` keep naming this module's contents (the package API needs both)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> LPS:
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
