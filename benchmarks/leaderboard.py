@@ -15,7 +15,6 @@ import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -317,8 +316,8 @@ def html_page(results: list[Result]) -> str:
         f"<style>{_CSS}</style></head><body>",
         "<h1>ModelSet leaderboard</h1>",
         f"<p class='note'>Model set <b>{esc(str(zoo.get('name', '?')))}</b> ({esc(str(zoo.get('models', '?')))} models), "
-        f"seeds {sorted({r.seed for r in results})}, {len(results)} result files, rendered "
-        f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. Mean ± std over seeds. "
+        f"seeds {sorted({r.seed for r in results})}, {len(results)} result files, the newest from "
+        f"{esc(max(r.created for r in results))}. Mean ± std over seeds. "
         "Bold: best non-control value. † controls read the task labels.</p>",
         "<h2>Main table</h2><table><tr><th>method</th><th>learned</th><th>data</th>",
     ]
