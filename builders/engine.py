@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
+import modelset.architectures.resnet  # noqa: F401  (registers resnet_tiny for the engine)
 from modelset.architectures import build_architecture, canonical_kwargs
 
 log = logging.getLogger(__name__)
@@ -232,13 +233,21 @@ def _forward_cnn3(
 class _Stack:
     """Stacked parameters, buffers and optimizer state of the models being trained."""
 
-    def __init__(self, specs: list[TrainSpec], device: torch.device) -> None:
+    def __init__(
+        self,
+        specs: list[TrainSpec],
+        device: torch.device,
+        inits: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    ) -> None:
         self.specs = specs
         self.arch = specs[0].architecture
         self.kmax = max(s.num_classes for s in specs)
         kw = dict(specs[0].arch_kwargs, num_classes=self.kmax)
         self.kwargs = kw
         models = [init_model(s) for s in specs]
+        for spec, mdl in zip(specs, models):
+            if inits and spec.model_id in inits:
+                _load_matching(mdl, inits[spec.model_id])
         self.inits = [{k: v.detach().clone() for k, v in mdl.state_dict().items()} for mdl in models]
         self.param_names = [n for n, _ in models[0].named_parameters()]
         self.buffer_names = [n for n, _ in models[0].named_buffers()]
@@ -339,6 +348,16 @@ class _Stack:
         return out
 
 
+def _load_matching(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Start ``model`` from ``state`` where shapes agree (fine-tuning: a head of another size
+    keeps its fresh seeded initialization)."""
+    own = model.state_dict()
+    with torch.no_grad():
+        for k, v in state.items():
+            if k in own and own[k].shape == v.shape:
+                own[k].copy_(v)
+
+
 def _check_group(specs: list[TrainSpec], data: Mapping[str, TaskTensors]) -> None:
     if not specs:
         raise ValueError("no models to train")
@@ -370,12 +389,14 @@ def train_models(
     data: Mapping[str, TaskTensors],
     device: str | torch.device | None = "cpu",
     progress: bool = True,
+    inits: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
 ) -> list[TrainResult]:
     """Train every model of ``specs`` at once; results in the order of ``specs``.
 
     All specs must share an architecture (apart from ``num_classes``) and a batch size; tasks
-    may differ. ``data`` maps task id → :class:`TaskTensors`. Training is deterministic for a given
-    list of specs on the CPU.
+    may differ. ``data`` maps task id → :class:`TaskTensors`. ``inits`` optionally maps a model id
+    to a state dict to start from (fine-tuning). Training is deterministic for a given list of
+    specs on the CPU.
     """
     specs = list(specs)
     _check_group(specs, data)
@@ -392,7 +413,7 @@ def train_models(
         pos += data[t].x_train.shape[0]
     x_all, y_all = torch.cat(xs).to(dev), torch.cat(ys).to(dev)
 
-    stack = _Stack(specs, dev)
+    stack = _Stack(specs, dev, inits)
     batches = [_Batches(s, data[s.task_id].x_train.shape[0]) for s in specs]
     totals = torch.tensor([b.total for b in batches])
     order = list(range(len(specs)))  # positions in ``specs`` of the models still in the stack

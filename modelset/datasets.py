@@ -55,6 +55,9 @@ class DatasetInfo:
     apt_package: str = ""
     system_dir: str = ""
     classes: tuple[str, ...] = field(default_factory=tuple)
+    # Per-channel mean and std of the training images in [0, 1]: tasks standardize with them.
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
 
 
 _FASHION_CLASSES = (

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from modelset.datasets import load_tensors
+from modelset.datasets import dataset_info, load_tensors
 from modelset.domains import apply_domain, get_domain
 from modelset.errors import SchemaError
 
@@ -96,16 +96,24 @@ def task_data(
     root: str | os.PathLike | None = None,
     limit: int | None = None,
     allow_download: bool = True,
+    normalize: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A task's inputs and labels for ``split``.
+    """A task's inputs and labels for ``split``: what the task's models were trained and tested on.
 
-    Returns ``x`` ``(n, C, H, W)`` float32 in [0, 1] with the task's domain applied and ``y``
-    ``(n,)`` int64 in ``0..k-1``. ``limit`` keeps the first ``limit`` examples of the task (in data
-    set order, so the same slice everywhere).
+    Returns ``x`` ``(n, C, H, W)`` float32 and ``y`` ``(n,)`` int64 in ``0..k-1``. The images get
+    the task's domain (on [0, 1] pixels), then, if ``normalize``, the data set's per-channel
+    standardization ``(x - mean) / std`` (fixed constants of :class:`DatasetInfo`, the same for
+    every domain, so a domain shift stays a shift). ``limit`` keeps the first ``limit`` examples of
+    the task (in data set order, so the same slice everywhere).
     """
     x_all, y_all = load_tensors(task.dataset, split, root, allow_download)
     idx = task_indices(task, y_all)
     if limit is not None:
         idx = idx[:limit]
     x = apply_domain(task.domain, x_all[idx], task.domain_kwargs)
+    if normalize:
+        info = dataset_info(task.dataset)
+        mean = torch.tensor(info.mean, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(info.std, dtype=x.dtype).view(1, -1, 1, 1)
+        x = (x - mean) / std
     return x, remap_labels(task, y_all[idx])

@@ -1,0 +1,369 @@
+"""Build a model set from a config: plan → shards of models → train → write → relations → finish.
+
+The plan is a pure function of the config: every model's hyper-parameters and seed are drawn from
+a random stream keyed by (config seed, task, family, index), and models are cut into shards
+deterministically (same architecture and batch size, sorted by epochs). A shard is the unit of
+work and of commit: it is trained by one engine call and written atomically by the writer. A
+killed build, run again with the same command, skips committed shards and retrains the others
+exactly as before, so the finished set is identical to an uninterrupted build.
+
+Config sections (see ``configs/modelset500.yaml`` for a documented example): ``name``, ``seed``,
+``threads``, ``device``, ``data`` (``root``, ``train_limit``, ``test_limit``), ``tasks`` (a task
+set name or a list), ``families`` (architecture, arch_kwargs, models_per_task),
+``hyperparameters`` (the ranges), ``shard_size``, ``transfer`` (see :mod:`builders.transfer`)
+and ``variants`` (recipes of ``builders.variants`` applied to chosen base models).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from builders.engine import TaskTensors, TrainResult, TrainSpec, resolve_device, train_models
+from builders.tasks import static_relations, tasks_frame, tasks_from_config
+from builders.transfer import TransferConfig, protocol_text, transfer_affinity
+from modelset.errors import SchemaError
+from modelset.tasks import Task, task_data
+from modelset.writer import ModelRecord, ModelSetWriter
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HPARAMS: dict[str, Any] = {
+    "optimizer": ["sgd", "adam"],
+    "lr": {"sgd": [0.03, 0.2], "adam": [0.002, 0.02]},  # log-uniform per optimizer
+    "weight_decay": [1.0e-5, 1.0e-3],  # log-uniform
+    "batch_size": [32, 64, 128],
+    "epochs": [4, 10],  # uniform integer, inclusive
+}
+_TOP_KEYS = {
+    "name", "seed", "threads", "device", "data", "tasks", "families", "hyperparameters",
+    "shard_size", "transfer", "variants", "description",
+}  # fmt: skip
+
+
+def load_config(config: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
+    """A config as a validated dict (from a YAML file path or a mapping)."""
+    if isinstance(config, Mapping):
+        cfg = dict(config)
+        where = "config"
+    else:
+        where = str(config)
+        try:
+            cfg = yaml.safe_load(Path(config).read_text())
+        except FileNotFoundError as exc:
+            raise SchemaError(f"config {where} does not exist") from exc
+        except yaml.YAMLError as exc:
+            raise SchemaError(f"config {where} is not valid YAML: {exc}") from exc
+    if not isinstance(cfg, dict):
+        raise SchemaError(f"config {where}: expected a mapping at the top level")
+    unknown = set(cfg) - _TOP_KEYS
+    if unknown:
+        raise SchemaError(f"config {where}: unknown keys {sorted(unknown)}; known {sorted(_TOP_KEYS)}")
+    for key in ("name", "tasks", "families"):
+        if key not in cfg:
+            raise SchemaError(f"config {where}: missing required key {key!r}")
+    for i, fam in enumerate(cfg["families"]):
+        if "architecture" not in fam or "models_per_task" not in fam:
+            raise SchemaError(f"config {where}: families[{i}] needs architecture and models_per_task")
+    return cfg
+
+
+def _hparams(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    hp = dict(DEFAULT_HPARAMS)
+    hp.update(cfg.get("hyperparameters") or {})
+    return hp
+
+
+def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
+def plan_models(cfg: Mapping[str, Any], tasks: Sequence[Task]) -> list[TrainSpec]:
+    """Every base model of the config, with hyper-parameters drawn from the documented ranges.
+
+    Each model's draws come from its own stream ``SeedSequence([seed, task, family, index])``, so
+    adding tasks or families never changes the models already planned.
+    """
+    hp = _hparams(cfg)
+    seed = int(cfg.get("seed", 0))
+    specs = []
+    for ti, task in enumerate(tasks):
+        for fi, fam in enumerate(cfg["families"]):
+            arch = str(fam["architecture"])
+            kwargs = dict(fam.get("arch_kwargs") or {})
+            kwargs["num_classes"] = task.num_classes
+            for i in range(int(fam["models_per_task"])):
+                rng = np.random.default_rng([seed, ti, fi, i])
+                opt = str(rng.choice(hp["optimizer"]))
+                lo, hi = hp["lr"][opt]
+                specs.append(
+                    TrainSpec(
+                        model_id=f"{task.task_id}-{arch}-base-{i:04d}",
+                        task_id=task.task_id,
+                        architecture=arch,
+                        arch_kwargs=kwargs,
+                        seed=int(rng.integers(0, 2**31 - 1)),
+                        lr=round(_log_uniform(rng, lo, hi), 6),
+                        weight_decay=round(_log_uniform(rng, *hp["weight_decay"]), 8),
+                        batch_size=int(rng.choice(hp["batch_size"])),
+                        optimizer=opt,
+                        epochs=int(rng.integers(hp["epochs"][0], hp["epochs"][1] + 1)),
+                    )
+                )
+    return specs
+
+
+def plan_shards(specs: Sequence[TrainSpec], shard_size: int) -> list[list[TrainSpec]]:
+    """Cut the models into shards the engine trains in one call (one architecture and batch
+    size per shard; sorted by epochs so models leave the stack close together)."""
+    groups: dict[tuple[str, int], list[TrainSpec]] = {}
+    for s in specs:
+        groups.setdefault((s.signature(), s.batch_size), []).append(s)
+    shards = []
+    for key in sorted(groups):
+        members = sorted(groups[key], key=lambda s: (s.epochs, s.task_id, s.model_id))
+        n = math.ceil(len(members) / shard_size)
+        size = math.ceil(len(members) / n)  # even shards rather than a small remainder
+        shards.extend(members[i : i + size] for i in range(0, len(members), size))
+    return shards
+
+
+def load_task_tensors(
+    tasks: Sequence[Task], cfg: Mapping[str, Any], train_limit: int | None = None
+) -> dict[str, TaskTensors]:
+    """Each task's training slice and test set, domain applied, as in-memory tensors."""
+    data_cfg = dict(cfg.get("data") or {})
+    root = data_cfg.get("root")
+    limit = train_limit if train_limit is not None else data_cfg.get("train_limit")
+    test_limit = data_cfg.get("test_limit")
+    out = {}
+    for t in tasks:
+        x, y = task_data(t, "train", root, limit=limit)
+        xt, yt = task_data(t, "test", root, limit=test_limit)
+        out[t.task_id] = TaskTensors(x, y, xt, yt, t.num_classes)
+    return out
+
+
+def _record(res: TrainResult, task: Task, data: TaskTensors) -> ModelRecord:
+    s = res.spec
+    row = {
+        "task": s.task_id,
+        "dataset": task.dataset,
+        "domain": task.domain,
+        "num_classes": task.num_classes,
+        "variant": "base",
+        "parent_id": "",
+        "seed": s.seed,
+        "lr": s.lr,
+        "weight_decay": s.weight_decay,
+        "batch_size": s.batch_size,
+        "optimizer": s.optimizer,
+        "epochs": s.epochs,
+        "schedule": "cosine",
+        "steps": res.steps,
+        "train_size": int(data.x_train.shape[0]),
+        "test_size": int(data.x_test.shape[0]),
+        "train_loss": round(res.train_loss, 6),
+        "test_accuracy": res.test_accuracy,
+        "chance_accuracy": res.chance,
+        "below_chance": res.below_chance,
+    }
+    return ModelRecord(
+        model_id=s.model_id,
+        architecture=s.architecture,
+        arch_kwargs=dict(s.arch_kwargs),
+        checkpoints={"init": res.init, "final": res.final},
+        row=row,
+    )
+
+
+def _setup_torch(cfg: Mapping[str, Any]) -> None:
+    # A fixed thread count and deterministic kernels make CPU builds bit-reproducible.
+    torch.set_num_threads(int(cfg.get("threads", 1)))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def build(
+    config: str | os.PathLike | Mapping[str, Any],
+    out: str | os.PathLike,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Build (or resume building) the model set of ``config`` into ``out``; returns ``out``."""
+    cfg = load_config(config)
+    out = Path(out)
+    _setup_torch(cfg)
+    device = str(resolve_device(cfg.get("device", "cpu")))
+    tasks = tasks_from_config(cfg["tasks"])
+    by_id = {t.task_id: t for t in tasks}
+    specs = plan_models(cfg, tasks)
+    shards = plan_shards(specs, int(cfg.get("shard_size", 50)))
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    with ModelSetWriter.open(out, name=str(cfg["name"]), config=cfg, overwrite=overwrite) as w:
+        static = static_relations(tasks)
+        w.set_tasks(tasks_frame(tasks))
+        for name, df in static.items():
+            w.set_relation(name, df)
+        done = w.model_ids
+        todo = [sh for sh in shards if any(s.model_id not in done for s in sh)]
+        log.info("%d models in %d shards; %d shards to train", len(specs), len(shards), len(todo))
+        data = load_task_tensors(tasks, cfg)
+        bar = tqdm(total=len(specs), initial=len(specs) - sum(len(sh) for sh in todo),
+                   desc="base models", unit="model", disable=not progress)  # fmt: skip
+        for shard in todo:
+            results = train_models(shard, data, device=device, progress=progress)
+            records = [
+                _record(r, by_id[r.spec.task_id], data[r.spec.task_id])
+                for r in results
+                if r.spec.model_id not in done
+            ]
+            w.write_shard(records)
+            bar.update(len(shard))
+        bar.close()
+        timings["base_models_s"] = time.perf_counter() - t_start
+
+        tasks_df = tasks_frame(tasks)
+        card: dict[str, str] = {"How it was built": _build_text(cfg, tasks, specs)}
+        tcfg = cfg.get("transfer") or {}
+        if tcfg.get("enabled", False):
+            t0 = time.perf_counter()
+            aff, scratch, text = _transfer(w, out, cfg, tasks, device, progress)
+            w.set_relation("transfer_affinity", aff)
+            tasks_df["scratch_accuracy"] = scratch.reindex(tasks_df.index)
+            card["Transfer affinity protocol"] = text
+            timings["transfer_s"] = time.perf_counter() - t0
+        w.set_tasks(tasks_df)
+
+        if cfg.get("variants"):
+            t0 = time.perf_counter()
+            _variants(w, out, cfg, tasks, progress)
+            timings["variants_s"] = time.perf_counter() - t0
+        w.finish(card=card)
+    timings["total_s"] = time.perf_counter() - t_start
+    log.info("built %s in %.1fs (%s)", out, timings["total_s"], timings)
+    return out
+
+
+def _build_text(cfg: Mapping[str, Any], tasks: Sequence[Task], specs: Sequence[TrainSpec]) -> str:
+    hp = _hparams(cfg)
+    data_cfg = cfg.get("data") or {}
+    fams = ", ".join(f"{f['architecture']} × {f['models_per_task']}" for f in cfg["families"])
+    return (
+        f"{len(specs)} base models over {len(tasks)} tasks ({fams} per task), trained by the "
+        "multi-model engine of `builders/engine.py` (stacked parameters, one forward/backward for "
+        "all models of a shard; numerically the same as one-model-at-a-time training). "
+        f"Each task uses the first {data_cfg.get('train_limit', 'all')} training images of its "
+        f"classes and the first {data_cfg.get('test_limit', 'all')} test images. Per model, drawn "
+        f"from its own seeded stream: optimizer from {hp['optimizer']} (SGD with momentum 0.9 or "
+        f"Adam), learning rate log-uniform in {hp['lr']} by optimizer with a cosine schedule, "
+        f"weight decay log-uniform in {hp['weight_decay']}, batch size from {hp['batch_size']}, "
+        f"epochs uniform in {hp['epochs']}. `below_chance` flags models whose test accuracy is "
+        "within 2 points of the majority-class rate. Same config and seed give identical "
+        "parameters on the CPU."
+    )
+
+
+def _transfer(
+    w: ModelSetWriter,
+    out: Path,
+    cfg: Mapping[str, Any],
+    tasks: Sequence[Task],
+    device: str,
+    progress: bool,
+) -> tuple[pd.DataFrame, pd.Series, str]:
+    import modelset
+
+    tcfg = dict(cfg.get("transfer") or {})
+    n_sources = int(tcfg.pop("sources_per_task", 1))
+    tc = TransferConfig.from_dict(tcfg)
+    table = w.table.set_index("model_id")
+    ms = modelset.open(out)
+    sources: dict[str, list] = {}
+    for t in tasks:
+        rows = table[(table["task"] == t.task_id) & (table["variant"] == "base")
+                     & (table["architecture"] == "cnn3")].sort_index()  # fmt: skip
+        for mid in list(rows.index)[:n_sources]:
+            kwargs = _kwargs(rows.loc[mid, "arch_kwargs"])
+            sources.setdefault(t.task_id, []).append((mid, "cnn3", kwargs, ms.state_dict(mid)))
+    budget = load_task_tensors(tasks, cfg, train_limit=tc.budget)
+    bar = tqdm(total=1, desc="transfer affinity", unit="chunk", disable=not progress)
+
+    def on_chunk(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    aff, scratch = transfer_affinity(
+        tasks, budget, sources, tc, seed=int(cfg.get("seed", 0)), device=device,
+        progress=progress, on_chunk=on_chunk,
+    )  # fmt: skip
+    bar.close()
+    return aff, scratch, protocol_text(tc, n_sources)
+
+
+def _kwargs(value: Any) -> dict[str, Any]:
+    import json
+
+    return json.loads(value) if isinstance(value, str) else dict(value)
+
+
+def _variants(
+    w: ModelSetWriter, out: Path, cfg: Mapping[str, Any], tasks: Sequence[Task], progress: bool
+) -> None:
+    """Apply each ``variants:`` entry's recipe to its parents; one shard per (entry, parent).
+
+    Entry fields: ``recipe`` (a name of ``builders.variants``), ``parents`` (``per_task``: how many
+    base models per task, first by id; ``architecture``: default cnn3), ``seed``, ``params``
+    (passed to the recipe), ``key`` (default: the recipe name; written to the ``recipe`` column,
+    and how a resumed build knows a (parent, entry) is done).
+    """
+    import modelset
+    from builders import variants as variant_registry
+
+    ms = modelset.open(out)
+    vdata: dict[str, Any] = {}
+    tensors = load_task_tensors(tasks, cfg)
+    for t in tasks:
+        d = tensors[t.task_id]
+        vdata[t.task_id] = variant_registry.TaskTensors(d.x_train, d.y_train, d.x_test, d.y_test)
+    entries = list(cfg["variants"])
+    for ei, entry in enumerate(entries):
+        recipe = variant_registry.get_recipe(str(entry["recipe"]))
+        key = str(entry.get("key", entry["recipe"]))
+        par = dict(entry.get("parents") or {})
+        per_task = int(par.get("per_task", 1))
+        arch = str(par.get("architecture", "cnn3"))
+        table = w.table.set_index("model_id")
+        base = table[(table["variant"] == "base") & (table["architecture"] == arch)].sort_index()
+        parents = [mid for t in tasks for mid in list(base[base["task"] == t.task_id].index)[:per_task]]
+        finished = set()
+        if "recipe" in table.columns:
+            finished = set(table.loc[table["recipe"] == key, "parent_id"])
+        for pi, pid in enumerate(tqdm(parents, desc=f"variants {key}", disable=not progress)):
+            if pid in finished:
+                continue
+            row = ms.metadata.loc[pid]
+            parent = variant_registry.Parent(
+                model_id=pid,
+                architecture=str(row["architecture"]),
+                arch_kwargs=_kwargs(row["arch_kwargs"]),
+                state_dict=ms.state_dict(pid),
+                row=row.to_dict(),
+            )
+            seed = int(entry.get("seed", 0)) * 1_000_003 + ei * 10_007 + pi
+            records = recipe(parent, vdata[str(row["task"])], seed, **dict(entry.get("params") or {}))
+            for rec in records:
+                rec.row["recipe"] = key
+                rec.row.setdefault("parent_id", pid)
+            w.write_shard(records)
