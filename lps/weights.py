@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+import modelset.architectures.resnet  # noqa: F401  (registers resnet_tiny, a zoo family)
 from modelset.architectures import build_architecture, canonical_kwargs
 from modelset.errors import InvalidParametersError
 
