@@ -225,7 +225,7 @@ def _forward_cnn3(
         w = params[f"conv{i + 1}.weight"]
         bias = params[f"conv{i + 1}.bias"]
         h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), bias.reshape(-1), stride=stride, padding=1, groups=m)
-        h = torch.relu(h)
+        h = torch.relu_(h)  # in place: saves a full-size activation per layer
     feats = h.mean(dim=(2, 3)).view(b, m, -1).transpose(0, 1)  # (M, B, channels)
     return torch.baddbmm(params["head.bias"].unsqueeze(1), feats, params["head.weight"].mT)
 

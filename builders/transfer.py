@@ -82,6 +82,10 @@ def transfer_affinity(
     Returns ``(affinity, scratch_accuracy)``: a task × task DataFrame and a per-task Series.
     """
     ids = [t.task_id for t in tasks]
+    if not any(sources.values()):
+        raise ValueError("transfer affinity needs at least one source model")
+    # Scratch models use the sources' architecture, so the comparison isolates the initialization.
+    _, arch0, kwargs0, _ = next(v for v in sources.values() if v)[0]
     specs: list[TrainSpec] = []
     inits: dict[str, dict[str, torch.Tensor]] = {}
     for ti, tgt in enumerate(tasks):

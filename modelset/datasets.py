@@ -67,20 +67,25 @@ _FASHION_CLASSES = (
 
 DATASETS: dict[str, DatasetInfo] = {
     "fashion_mnist": DatasetInfo(
-        "fashion_mnist",
-        "FashionMNIST",
-        1,
-        28,
-        10,
-        "dataset-fashion-mnist",
-        "fashion-mnist",
-        _FASHION_CLASSES,
+        "fashion_mnist", "FashionMNIST", 1, 28, 10, apt_package="dataset-fashion-mnist",
+        system_dir="fashion-mnist", classes=_FASHION_CLASSES, mean=(0.2860,), std=(0.3530,),
     ),
-    "mnist": DatasetInfo("mnist", "MNIST", 1, 28, 10, "", "mnist", tuple(str(i) for i in range(10))),
-    "kmnist": DatasetInfo("kmnist", "KMNIST", 1, 28, 10, "", "kmnist"),
-    "cifar10": DatasetInfo("cifar10", "CIFAR10", 3, 32, 10),
-    "cifar100": DatasetInfo("cifar100", "CIFAR100", 3, 32, 100),
-}
+    "mnist": DatasetInfo(
+        "mnist", "MNIST", 1, 28, 10, system_dir="mnist",
+        classes=tuple(str(i) for i in range(10)), mean=(0.1307,), std=(0.3081,),
+    ),
+    "kmnist": DatasetInfo(
+        "kmnist", "KMNIST", 1, 28, 10, system_dir="kmnist", mean=(0.1918,), std=(0.3483,)
+    ),
+    "cifar10": DatasetInfo(
+        "cifar10", "CIFAR10", 3, 32, 10,
+        mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
+    ),
+    "cifar100": DatasetInfo(
+        "cifar100", "CIFAR100", 3, 32, 100,
+        mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
+    ),
+}  # fmt: skip
 
 
 def list_datasets() -> list[str]:
