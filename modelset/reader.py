@@ -29,6 +29,7 @@ from modelset.format import (
     REQUIRED_TABLE_COLUMNS,
     TASKS_FILE,
     read_header,
+    shard_index,
 )
 from modelset.shards import ShardReader, check_state_fits, expected_shapes
 
@@ -101,6 +102,16 @@ class ModelSet:
         missing = [c for c in REQUIRED_TABLE_COLUMNS if c not in table.columns]
         if missing:
             raise SchemaError(f"{path}: model table lacks required columns {missing}")
+        # Column types the reader relies on to find parameters (a damaged table fails here, by name).
+        for column in ("model_id", "architecture", "arch_kwargs", "shard", "checkpoints"):
+            kind = pd.api.types.infer_dtype(table[column], skipna=False)
+            if len(table) and kind != "string":
+                raise SchemaError(f"{path}: column {column!r} must hold strings, found {kind} values")
+        for column in ("block", "index"):
+            if not pd.api.types.is_integer_dtype(table[column]) or (table[column] < 0).any():
+                raise SchemaError(
+                    f"{path}: column {column!r} must hold non-negative integers, found {table[column].dtype}"
+                )
         if table["model_id"].duplicated().any():
             dupes = table.loc[table["model_id"].duplicated(), "model_id"].tolist()[:5]
             raise SchemaError(f"{path}: model ids appear more than once: {dupes}")
@@ -146,6 +157,7 @@ class ModelSet:
     # -- parameters -----------------------------------------------------------------------
     def _shard(self, name: str) -> ShardReader:
         if name not in self._shards:
+            shard_index(name)  # a damaged table must not point the reader outside the set
             path = self.root / name
             if not path.exists():
                 raise MissingModelError(f"{path}: shard listed in the model table is missing")
@@ -172,7 +184,9 @@ class ModelSet:
     def state_dict(self, model_id: str, checkpoint: str = "final") -> dict[str, torch.Tensor]:
         """Parameters and buffers of one model at one checkpoint."""
         shard, block, index = self._locate(model_id, checkpoint)
-        arrays = shard.read(block, [index], checkpoint, f"model {model_id!r}")
+        row = self.row(model_id)
+        expected = expected_shapes(str(row["architecture"]), str(row["arch_kwargs"]))
+        arrays = shard.read(block, [index], checkpoint, f"model {model_id!r}", expected)
         state = {k: torch.from_numpy(np.asarray(v[0])) for k, v in arrays.items()}
         _check_finite(state, f"model {model_id!r}, checkpoint {checkpoint!r} in {shard.path}")
         return state
@@ -180,10 +194,12 @@ class ModelSet:
     def model(self, model_id: str, checkpoint: str = "final") -> torch.nn.Module:
         """The model rebuilt from its architecture and parameters, in eval mode."""
         row = self.row(model_id)
-        module = build_architecture(str(row["architecture"]), str(row["arch_kwargs"]))
+        # Parameters first: they are checked against the architecture, so the module built next
+        # is never larger than what the shard really holds.
         state = self.state_dict(model_id, checkpoint)
         expected = expected_shapes(str(row["architecture"]), str(row["arch_kwargs"]))
         check_state_fits(model_id, checkpoint, state, expected, str(row["architecture"]))
+        module = build_architecture(str(row["architecture"]), str(row["arch_kwargs"]))
         module.load_state_dict(state, strict=True)
         return module.eval()
 
@@ -221,7 +237,8 @@ class ModelSet:
                         f"{shard.path}: model {mid!r} is not at block {block}, index {index} "
                         "where the table puts it (run verify)"
                     )
-            arrays = shard.read(int(block), group["index"].astype(int).tolist(), checkpoint, what)
+            expected = expected_shapes(str(signatures.iloc[0, 0]), str(signatures.iloc[0, 1]))
+            arrays = shard.read(int(block), group["index"].astype(int).tolist(), checkpoint, what, expected)
             for key, values in arrays.items():
                 if key not in out:
                     out[key] = np.empty((len(ids), *values.shape[1:]), dtype=values.dtype)
@@ -260,13 +277,13 @@ class ModelSet:
         for column in ("task", "architecture", "variant"):
             summary[f"by_{column}"] = {str(k): int(v) for k, v in table[column].value_counts().sort_index().items()}
         if "test_accuracy" in table:
-            acc = table["test_accuracy"].astype(float)
+            acc = pd.to_numeric(table["test_accuracy"], errors="coerce")
             summary["test_accuracy"] = {
                 q: round(float(acc.quantile(p)), 4) for q, p in
                 (("min", 0.0), ("p25", 0.25), ("median", 0.5), ("p75", 0.75), ("max", 1.0))
             } if len(acc) else {}
             summary["test_accuracy_by_variant"] = {
-                str(k): round(float(v), 4) for k, v in table.groupby("variant")["test_accuracy"].mean().items()
+                str(k): round(float(v), 4) for k, v in acc.groupby(table["variant"]).mean().items()
             }
         return summary
 

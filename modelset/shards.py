@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from modelset.architectures import build_architecture, canonical_kwargs
-from modelset.errors import CorruptShardError, InvalidParametersError, SchemaError
+from modelset.errors import CorruptShardError, InvalidParametersError, ModelSetError, SchemaError
 from modelset.format import SCHEMA_VERSION, SHARD_FORMAT_NAME, check_model_id
 
 #: Target bytes of one HDF5 chunk: large enough for fast bulk reads, small enough that reading
@@ -67,8 +67,18 @@ def validate_record(record: ModelRecord) -> None:
 
 @functools.lru_cache(maxsize=256)
 def expected_shapes(architecture: str, kwargs_json: str) -> dict[str, tuple[int, ...]]:
-    """State-dict shapes of an architecture signature (cached: building a module costs time)."""
-    module = build_architecture(architecture, kwargs_json)
+    """State-dict shapes of an architecture signature (cached: building a module costs time).
+
+    Built on the meta device: the arguments come from a table that may be damaged, and a huge
+    declared width must not allocate memory. Bad arguments raise ``SchemaError``.
+    """
+    try:
+        with torch.device("meta"):
+            module = build_architecture(architecture, kwargs_json)
+    except (ValueError, TypeError, RuntimeError, NotImplementedError, AttributeError, OverflowError) as exc:
+        if isinstance(exc, ModelSetError):
+            raise
+        raise SchemaError(f"architecture {architecture!r} cannot be built from {kwargs_json[:200]}: {exc}") from exc
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
@@ -218,6 +228,35 @@ class ShardReader:
                 f"{self.path}: {what}: block {block} has no checkpoint {checkpoint!r} ({exc})"
             ) from exc
 
+    def _check_layout(
+        self, group: h5py.Group, block: int, checkpoint: str, what: str, expected: Mapping[str, tuple[int, ...]]
+    ) -> None:
+        n_models = self.n_models(block)
+        try:
+            stored = {k: (tuple(d.shape), d.dtype) for k, d in group.items()}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CorruptShardError(f"{self.path}: {what}: block {block} cannot be listed ({exc})") from exc
+        where = f"{self.path}: {what}: block {block}, checkpoint {checkpoint!r}"
+        if set(stored) != set(expected):
+            raise InvalidParametersError(
+                f"{where} does not fit its architecture: stored tensors "
+                f"{sorted(set(stored) - set(expected))[:5]} are unexpected and "
+                f"{sorted(set(expected) - set(stored))[:5]} are missing (run verify)"
+            )
+        for key, want in expected.items():
+            shape, dtype = stored[key]
+            if shape[1:] != tuple(want):
+                raise InvalidParametersError(
+                    f"{where} does not fit its architecture: tensor {key!r} has shape "
+                    f"{list(shape[1:])}, expected {list(want)}"
+                )
+            if shape[0] != n_models:
+                raise CorruptShardError(
+                    f"{where}: tensor {key!r} holds {shape[0]} models, but the block lists {n_models}"
+                )
+            if dtype.kind not in "fiub":
+                raise CorruptShardError(f"{where}: tensor {key!r} has non-numeric dtype {dtype}")
+
     def model_ids(self, block: int) -> list[str]:
         try:
             return list(self._h5[f"blocks/{block:05d}/model_ids"].asstr()[()])
@@ -231,13 +270,24 @@ class ShardReader:
     def n_models(self, block: int) -> int:
         return len(self.model_ids(block))
 
-    def read(self, block: int, indices: Sequence[int], checkpoint: str, what: str) -> dict[str, np.ndarray]:
+    def read(
+        self,
+        block: int,
+        indices: Sequence[int],
+        checkpoint: str,
+        what: str,
+        expected: Mapping[str, tuple[int, ...]] | None = None,
+    ) -> dict[str, np.ndarray]:
         """Tensors of the models at ``indices`` of ``block``: ``{key: (len(indices), *shape)}``.
 
         A run of consecutive indices is one slice read per tensor; otherwise the sorted indices
-        are read in one selection and put back in the asked order.
+        are read in one selection and put back in the asked order. With ``expected`` (the
+        architecture's shapes), stored keys, shapes and dtypes are checked before anything is
+        read, so a damaged shard declaring huge datasets never allocates them.
         """
         group = self._group(block, checkpoint, what)
+        if expected is not None:
+            self._check_layout(group, block, checkpoint, what, expected)
         idx = np.asarray(indices, dtype=np.int64)
         order = np.argsort(idx, kind="stable")
         sorted_idx = idx[order]
