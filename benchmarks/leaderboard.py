@@ -99,7 +99,7 @@ def _methods(results: list[Result]) -> dict[str, dict[str, Any]]:
 def table(results: list[Result]) -> tuple[list[str], list[tuple[str, str]], dict[tuple[str, str, str], Cell]]:
     """Row order (methods), columns and cells ``(method, track, metric) -> Cell`` of the main table.
 
-    Methods are sorted by their mean rank over the columns they have; privileged controls last.
+    Methods are sorted by their mean rank over the columns they have; controls last.
     """
     columns = _columns(results)
     grouped: dict[tuple[str, str], list[Result]] = defaultdict(list)
@@ -118,9 +118,13 @@ def table(results: list[Result]) -> tuple[list[str], list[tuple[str, str]], dict
             ranks[m].append(i)
     methods = sorted(
         metas,
-        key=lambda m: (bool(metas[m].get("privileged")), np.mean(ranks[m]) if ranks[m] else math.inf, m),
+        key=lambda m: (_is_control(metas[m]), np.mean(ranks[m]) if ranks[m] else math.inf, m),
     )
     return methods, columns, cells
+
+
+def _is_control(meta: dict[str, Any]) -> bool:
+    return bool(meta.get("control") or meta.get("privileged"))
 
 
 def _best(methods: list[str], columns: list[tuple[str, str]], cells: dict, results: list[Result]) -> set[tuple[str, str, str]]:
@@ -129,7 +133,7 @@ def _best(methods: list[str], columns: list[tuple[str, str]], cells: dict, resul
     best = set()
     for t, k in columns:
         lower = any(k in r.track_meta.get("lower_is_better", []) for r in results if r.track == t)
-        vals = {m: cells[(m, t, k)].mean for m in methods if cells[(m, t, k)].mean is not None and not metas[m].get("privileged")}
+        vals = {m: cells[(m, t, k)].mean for m in methods if cells[(m, t, k)].mean is not None and not _is_control(metas[m])}
         if vals:
             target = min(vals.values()) if lower else max(vals.values())
             best |= {(m, t, k) for m, v in vals.items() if v == target}
@@ -147,6 +151,7 @@ def leaderboard_frame(results: list[Result]) -> pd.DataFrame:
             "learned": bool(metas[m].get("learned")),
             "needs_data": bool(metas[m].get("needs_data")),
             "privileged": bool(metas[m].get("privileged")),
+            "control": _is_control(metas[m]),
             "seeds": len({r.seed for r in results if r.method == m}),
         }
         for t, k in columns:
@@ -199,7 +204,8 @@ def markdown(results: list[Result]) -> str:
         f"Model set **{zoo.get('name', '?')}** ({zoo.get('models', '?')} models, SHA256SUMS digest "
         f"`{str(zoo.get('sha256sums_sha256', ''))[:12]}`), seeds {seeds}, from {len(results)} result files. "
         "Mean ± std over seeds; learned methods are fit on training-task models only. "
-        "Best non-control value per column in bold; † marks controls that read the task labels.",
+        "Best non-control value per column in bold; controls (random, oracle) are listed last; "
+        "† marks methods that read the task labels.",
         "",
     ]
     header = ["method", "learned", "data"] + [_header(t, k) for t, k in columns]
@@ -318,14 +324,14 @@ def html_page(results: list[Result]) -> str:
         f"<p class='note'>Model set <b>{esc(str(zoo.get('name', '?')))}</b> ({esc(str(zoo.get('models', '?')))} models), "
         f"seeds {sorted({r.seed for r in results})}, {len(results)} result files, the newest from "
         f"{esc(max(r.created for r in results))}. Mean ± std over seeds. "
-        "Bold: best non-control value. † controls read the task labels.</p>",
+        "Bold: best non-control value; controls (grey) are listed last. † reads the task labels.</p>",
         "<h2>Main table</h2><table><tr><th>method</th><th>learned</th><th>data</th>",
     ]
     parts += [f"<th>{esc(_header(t, k))}</th>" for t, k in columns]
     parts.append("</tr>")
     for m in methods:
         meta = metas[m]
-        cls = " class='control'" if meta.get("privileged") else ""
+        cls = " class='control'" if _is_control(meta) else ""
         parts.append(f"<tr{cls}><td>{esc(m)}{' †' if meta.get('privileged') else ''}</td>"
                      f"<td>{'yes' if meta.get('learned') else 'no'}</td><td>{'yes' if meta.get('needs_data') else 'no'}</td>")
         for t, k in columns:

@@ -43,7 +43,9 @@ class MethodMeta:
     ``learned``: fits parameters on training-task models (then scored over several seeds).
     ``needs_data``: runs the models on input data (probe batches), not on parameters alone.
     ``invariances``: symmetries the method claims, each one of :data:`INVARIANCES`.
-    ``privileged``: uses information a real user would not have (controls such as the oracle).
+    ``privileged``: uses information a real user would not have (the label oracle).
+    ``control``: a sanity check rather than a contender (random, oracle): listed last on the
+    leaderboard and never marked best.
     """
 
     name: str
@@ -53,12 +55,13 @@ class MethodMeta:
     reference: str
     description: str = ""
     privileged: bool = False
+    control: bool = False
     config: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             raise MethodError(f"method name {self.name!r}: expected lower_snake_case ([a-z][a-z0-9_]*)")
-        for flag in ("learned", "needs_data", "privileged"):
+        for flag in ("learned", "needs_data", "privileged", "control"):
             if not isinstance(getattr(self, flag), bool):
                 raise MethodError(f"method {self.name!r}: {flag} must be a bool, found {getattr(self, flag)!r}")
         object.__setattr__(self, "invariances", tuple(self.invariances))
@@ -94,7 +97,7 @@ class SimilarityMethod:
         self.config: dict[str, Any] = {**self.meta.config, **config}
         self.seed: int = 0
         self.fitted = False
-        self._cache: dict[str, torch.Tensor] = {}
+        self._cache: dict[tuple[str, str], torch.Tensor] = {}
         self._fitted_key: object = None
 
     def __repr__(self) -> str:
@@ -129,7 +132,8 @@ class SimilarityMethod:
             raise MethodError(f"method {self.meta.name!r} gives similarities only, no embeddings")
         ids = self._check_ids(ms, ids, "ids")
         self._require_fit()
-        todo = list(dict.fromkeys(i for i in ids if i not in self._cache))
+        root = str(ms.root)  # ids are unique within a set only: the cache key includes the set
+        todo = list(dict.fromkeys(i for i in ids if (root, i) not in self._cache))
         if todo:
             out = self._embed(ms, todo)
             if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != len(todo):
@@ -138,8 +142,8 @@ class SimilarityMethod:
             out = out.detach().to(torch.float32).cpu()
             if not bool(torch.isfinite(out).all()):
                 raise MethodError(f"method {self.meta.name!r}: embeddings contain NaN or Inf")
-            self._cache.update(zip(todo, out))
-        return torch.stack([self._cache[i] for i in ids])
+            self._cache.update(zip([(root, i) for i in todo], out))
+        return torch.stack([self._cache[(root, i)] for i in ids])
 
     def similarity(self, ms: ModelSet, ids_a: Sequence[str], ids_b: Sequence[str]) -> torch.Tensor:
         """Similarities ``(len(ids_a), len(ids_b))``, higher means more alike."""

@@ -17,6 +17,7 @@ class TaskOracle(SimilarityMethod):
         name="oracle",
         learned=False,
         needs_data=False,
+        control=True,
         invariances=("permutation", "scale", "sparsity", "architecture", "function"),
         reference="control: reads the task label from the model table",
         description="one-hot task label (upper bound on task tracks)",

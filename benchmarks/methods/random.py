@@ -19,6 +19,7 @@ class RandomScorer(SimilarityMethod):
         name="random",
         learned=False,
         needs_data=False,
+        control=True,
         invariances=(),
         reference="control: scores independent of the models",
         description="random Gaussian embedding per model id (chance level)",

@@ -71,6 +71,9 @@ class Task2Vec(SimilarityMethod):
             feats = self.probe_net.embed(x)
         # Fit the head (multinomial logistic regression) on frozen features, as Task2Vec does first.
         head = torch.nn.Linear(feats.shape[1], k)
+        # Zero start: the (convex) head fit then depends on (x, y) only, not on the global RNG.
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
         optimizer = torch.optim.LBFGS(head.parameters(), max_iter=int(self.config["head_steps"]))
 
         def closure() -> torch.Tensor:

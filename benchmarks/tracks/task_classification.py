@@ -1,8 +1,9 @@
 """Track: task classification of held-out models of seen tasks, and pair verification.
 
 Each held-out model (never fit on, its task seen in training) is assigned the task whose training
-models it is, on average, most similar to: accuracy. Every pair of held-out models is scored
-as same-task or not: ROC AUC, with the ROC curve for the leaderboard.
+models it is, on average, most similar to: accuracy. Every pair made of a held-out model and
+another model of the seen tasks (held-out or training) is scored as same-task or not: ROC AUC,
+with the ROC curve for the leaderboard. Each pair has at least one model no method was fit on.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ class TaskClassification(Track):
     )
 
     def _not_applicable(self, ms: ModelSet, split: Split) -> str:
-        if len(split.heldout_model_ids) < 2:
-            return "fewer than 2 held-out models of seen tasks"
+        if not split.heldout_model_ids:
+            return "no held-out models of seen tasks"
         return ""
 
     def _evaluate(self, method: SimilarityMethod, ms: ModelSet, split: Split) -> tuple[dict[str, float], dict[str, Any]]:
@@ -41,10 +42,12 @@ class TaskClassification(Track):
         predicted = np.asarray(names)[per_task.argmax(axis=1)]
         accuracy = metrics.accuracy(predicted, q_tasks)
 
+        # Pairs: held-out × training (all of sim) and held-out × held-out (upper triangle).
         pair_sim = method.similarity(ms, queries, queries).numpy().astype(np.float64)
         iu = np.triu_indices(len(queries), k=1)
-        same = (q_tasks[:, None] == q_tasks[None, :])[iu].astype(float)
-        scores = pair_sim[iu]
+        same = np.concatenate([(q_tasks[:, None] == g_tasks[None, :]).ravel(), (q_tasks[:, None] == q_tasks[None, :])[iu]])
+        scores = np.concatenate([sim.ravel(), pair_sim[iu]])
+        same = same.astype(float)
         fpr, tpr = metrics.roc_curve(same, scores)
         fpr_l, tpr_l = metrics.downsample_curve(fpr, tpr)
         return (
