@@ -289,3 +289,54 @@ def test_cli_train_writes_the_table(zoo, tmp_path, capsys) -> None:
     printed = capsys.readouterr().out
     assert "| held-out tasks: mAP |" in printed and "flattened cosine" in printed
     assert (out / "results.md").read_text().count("±") == 13  # header + 6 metrics × 2 methods
+
+
+@pytest.fixture(scope="module")
+def family_zoo(tmp_path_factory):
+    """A zoo with every family: base cnn3, pruned, sparse, NSL (3 forms), shape adaptor, ResNet."""
+    import modelset.architectures.resnet  # noqa: F401
+    from modelset.architectures import build_architecture
+    from modelset.writer import ModelRecord, ModelSetWriter
+
+    kinds = {
+        "base": ("cnn3", {"num_classes": 5}),
+        "pruned": ("cnn3", {"num_classes": 5, "channels": [10, 12, 8]}),
+        "sparse": ("cnn3", {"num_classes": 5}),
+        "nsl_full": ("cnn3", {"num_classes": 5, "conv": "nsl_full"}),
+        "nsl_diag": ("cnn3", {"num_classes": 5, "conv": "nsl_diag"}),
+        "nsl_dynamic": ("cnn3", {"num_classes": 5, "conv": "nsl_dynamic"}),
+        "shape_adaptor": ("cnn3", {"num_classes": 5, "downsample": "shape_adaptor"}),
+        "resnet": ("resnet_tiny", {"num_classes": 5}),
+    }
+    gen = torch.Generator().manual_seed(0)
+    records = []
+    for t in range(4):
+        for kind, (arch, kwargs) in kinds.items():
+            for r in range(2):
+                state = {
+                    k: (v + 0.3 * torch.randn(v.shape, generator=gen)) if v.is_floating_point() else v
+                    for k, v in build_architecture(arch, kwargs).state_dict().items()
+                }
+                if kind == "sparse":
+                    state = {k: v * (v.abs() > 0.2) if k.endswith("weight") else v for k, v in state.items()}
+                if kind == "resnet":
+                    state = {k: v.abs() + 0.5 if k.endswith("running_var") else v for k, v in state.items()}
+                row = {"task": f"t{t}", "dataset": "synthetic", "variant": kind, "parent_id": "", "seed": r}
+                records.append(ModelRecord(f"t{t}-{kind}-{r}", arch, kwargs, {"final": state}, row))
+    path = tmp_path_factory.mktemp("families") / "zoo"
+    with ModelSetWriter.open(path, name="families", config={"test": True}) as writer:
+        writer.write_shard(records)
+        writer.finish()
+    return modelset.open(path)
+
+
+@pytest.mark.parametrize("mode", ["pairs", "contrastive"])
+def test_every_family_trains_embeds_and_is_found(family_zoo, mode) -> None:
+    ids = list(family_zoo.metadata.index)
+    train_ids = [m for m in ids if m.startswith(("t0", "t1", "t2"))]
+    scorer = lps.train(family_zoo, train_ids=train_ids, mode=mode, seed=0, epochs=2, batch_size=32)
+    emb = scorer.embed(ids, ms=family_zoo)
+    assert emb.shape == (len(ids), scorer.dim) and torch.isfinite(emb).all()
+    for mid in ("t3-pruned-1", "t3-nsl_dynamic-0", "t2-shape_adaptor-1", "t1-resnet-0"):
+        table = lps.search(scorer, family_zoo, family_zoo.state_dict(mid), k=3)
+        assert table["model_id"].iloc[0] == mid
