@@ -1,0 +1,109 @@
+"""The multi-model engine: same models as the plain loop, deterministic, validated inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from builders.engine import TaskTensors, TrainSpec, train_models, train_plain
+
+
+def _task(k: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Learnable synthetic images: class c is a noisy patch of brightness (c + 1) / k."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, k, (n,), generator=g)
+    x = torch.rand(n, 1, 28, 28, generator=g) * 0.3
+    x[:, :, 6:22, 6:22] += ((y.float() + 1) / k).view(n, 1, 1, 1)
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, TaskTensors]:
+    out = {}
+    for i, (name, k) in enumerate((("a", 3), ("b", 5))):
+        x, y = _task(k, 256, i)
+        xt, yt = _task(k, 128, 10 + i)
+        out[name] = TaskTensors(x, y, xt, yt, k)
+    return out
+
+
+def _specs(arch: str, kwargs: dict, n: int = 6, bs: int = 32) -> list[TrainSpec]:
+    return [
+        TrainSpec(
+            f"m{i}",
+            "ab"[i % 2],
+            arch,
+            dict(kwargs, num_classes=3 if i % 2 == 0 else 5),
+            seed=i,
+            lr=0.003 if i % 3 == 0 else 0.05,
+            weight_decay=1e-4 * i,
+            batch_size=bs,
+            optimizer="adam" if i % 3 == 0 else "sgd",
+            epochs=1 + i % 3,
+        )  # fmt: skip
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("arch", "kwargs", "tol"),
+    [("cnn3", {}, 1e-5), ("cnn3", {"strides": [2, 2, 2]}, 1e-5), ("resnet_tiny", {}, 5e-3)],  # fmt: skip
+)
+def test_engine_matches_plain_loop(data, arch: str, kwargs: dict, tol: float) -> None:
+    specs = _specs(arch, kwargs, n=6 if arch == "cnn3" else 3)
+    engine = train_models(specs, data, progress=False)
+    for spec, res in zip(specs, engine):
+        ref = train_plain(spec, data[spec.task_id])
+        assert res.spec == spec and res.steps == ref.steps == spec.epochs * (256 // 32)
+        assert res.final.keys() == ref.final.keys()
+        for key, tensor in ref.final.items():
+            assert res.final[key].shape == tensor.shape, key  # padded heads are cut back
+            torch.testing.assert_close(res.final[key], tensor, atol=tol, rtol=tol)
+        for key, tensor in ref.init.items():
+            assert torch.equal(res.init[key], tensor)
+        assert abs(res.test_accuracy - ref.test_accuracy) <= 0.01
+        assert abs(res.train_loss - ref.train_loss) < 1e-3
+
+
+def test_engine_learns_and_flags(data) -> None:
+    specs = [
+        TrainSpec("good", "b", "cnn3", {"num_classes": 5}, 0, 0.02, 1e-4, 32, "adam", 10),
+        TrainSpec("idle", "b", "cnn3", {"num_classes": 5}, 1, 1e-7, 0.0, 32, "sgd", 1),
+    ]
+    good, idle = train_models(specs, data, progress=False)
+    assert good.test_accuracy > 0.8 and not good.below_chance
+    assert 0.15 < good.chance < 0.35
+    assert idle.below_chance  # an untrained model is flagged
+    assert not torch.equal(good.init["conv1.weight"], good.final["conv1.weight"])
+
+
+def test_engine_is_deterministic(data) -> None:
+    specs = _specs("cnn3", {}, n=4)
+    a = train_models(specs, data, progress=False)
+    b = train_models(specs, data, progress=False)
+    for ra, rb in zip(a, b):
+        assert all(torch.equal(ra.final[k], rb.final[k]) for k in ra.final)
+        assert ra.test_accuracy == rb.test_accuracy
+
+
+def test_fine_tuning_starts_from_given_weights(data) -> None:
+    src = train_models(_specs("cnn3", {}, n=1), data, progress=False)[0]
+    spec = TrainSpec("ft", "b", "cnn3", {"num_classes": 5}, 3, 0.01, 0.0, 32, "adam", 1)
+    res = train_models([spec], data, progress=False, inits={"ft": src.final})[0]
+    assert torch.equal(res.init["conv2.weight"], src.final["conv2.weight"])
+    assert res.init["head.weight"].shape == (5, 16)  # a fresh head of the target's size
+
+
+def test_engine_validates_its_group(data) -> None:
+    specs = _specs("cnn3", {}, n=2)
+    mixed = [specs[0], TrainSpec("x", "a", "cnn3", {"num_classes": 3}, 0, 0.1, 0.0, 64, "sgd", 1)]
+    with pytest.raises(ValueError, match="batch size"):
+        train_models(mixed, data, progress=False)
+    other = TrainSpec("y", "a", "resnet_tiny", {"num_classes": 3}, 0, 0.1, 0.0, 32, "sgd", 1)
+    with pytest.raises(ValueError, match="architecture"):
+        train_models([specs[0], other], data, progress=False)
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainSpec("z", "a", "cnn3", {"num_classes": 3}, 0, 0.1, 0.0, 32, "lbfgs", 1)
+    with pytest.raises(KeyError, match="task 'zz'"):
+        train_models([TrainSpec("w", "zz", "cnn3", {"num_classes": 3}, 0, 0.1, 0.0, 32, "sgd", 1)],
+                     data, progress=False)  # fmt: skip
