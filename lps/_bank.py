@@ -83,18 +83,17 @@ def bank_from_groups(
 ) -> FeatureBank:
     """Stack per-group features ``(positions, Features)`` into one bank of ``n`` models.
 
-    A key whose shape differs between groups (e.g. a head Gram over 5 vs 10 classes) is kept
-    apart by a ``@shape`` suffix, so tensors of one key always share a shape.
+    Every key carries its shape (``m:head.chain@10x10``), so a feature whose size depends on the
+    task (a head over 5 or 10 classes) gets one slot per size, named the same whatever the order
+    or the mix of models in the bank.
     """
     tensors: dict[str, torch.Tensor] = {}
     masks: dict[str, torch.Tensor] = {}
-    first_shape: dict[str, tuple[int, ...]] = {}
     for positions, features in groups:
         index = torch.as_tensor(list(positions), dtype=torch.long)
         for key, value in features.flat().items():
             shape = tuple(value.shape[1:])
-            first_shape.setdefault(key, shape)
-            name = key if first_shape[key] == shape else f"{key}@{'x'.join(map(str, shape))}"
+            name = f"{key}@{'x'.join(map(str, shape))}"
             if name not in tensors:
                 tensors[name] = torch.zeros(n, *shape)
                 masks[name] = torch.zeros(n, dtype=torch.bool)

@@ -267,12 +267,16 @@ def test_mixed_architectures_share_a_bank() -> None:
         ([1], compute_features(WeightSpace.from_state_dict("resnet_tiny", {"num_classes": 5}, res))),
     ]
     bank = bank_from_groups(groups, 2)
-    assert bank.masks["m:conv2.gram"].tolist() == [True, False]
-    assert bank.masks["m:stem.gram"].tolist() == [False, True]
-    assert bank.masks["v:grams.log_trace"].tolist() == [True, False]
+    assert bank.masks["m:conv2.gram@90x90"].tolist() == [True, False]
+    assert bank.masks["m:stem.gram@50x50"].tolist() == [False, True]
+    assert bank.masks["v:grams.log_trace@6"].tolist() == [True, False]
     assert bank.masks["v:grams.log_trace@2"].tolist() == [False, True]  # same key, other shape: kept apart
+    # Slot names do not depend on which architecture came first.
+    swapped = bank_from_groups([([1], groups[0][1]), ([0], groups[1][1])], 2)
+    assert swapped.schema() == bank.schema()
+    assert swapped.masks["m:conv2.gram@90x90"].tolist() == [False, True]
     with pytest.raises(ModelSetError, match="model input 0: none of its features.*architecture is unknown"):
-        bank.subset([1]).conform({"m:conv2.gram": [90, 90]})
+        bank.subset([1]).conform({"m:conv2.gram@90x90": [90, 90]})
 
 
 @pytest.mark.slow
