@@ -148,3 +148,15 @@ def downsample_curve(x: np.ndarray, y: np.ndarray, max_points: int = 200) -> tup
         idx = np.unique(np.linspace(0, x.size - 1, max_points).round().astype(int))
         x, y = x[idx], y[idx]
     return [round(float(v), 6) for v in x], [round(float(v), 6) for v in y]
+
+
+def expected_random_ap(n_relevant: int, n_items: int) -> float:
+    """Expected average precision of a uniformly random ranking of ``n_items`` with
+    ``n_relevant`` relevant ones: ``(H_N + (R-1)/(N-1) · (N - H_N)) / N``, ``H_N`` the harmonic
+    number. (The fraction ``R/N`` underestimates it on short lists.)"""
+    n, r = int(n_items), int(n_relevant)
+    if r <= 0 or n <= 0:
+        return float("nan")
+    harmonic = float(np.sum(1.0 / np.arange(1, n + 1)))
+    spread = (r - 1) / (n - 1) if n > 1 else 0.0
+    return (harmonic + spread * (n - harmonic)) / n

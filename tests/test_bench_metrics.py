@@ -72,3 +72,13 @@ def test_accuracy_and_interval() -> None:
     assert half == pytest.approx(1.96 * np.std([0, 1, 0, 1], ddof=1) / 2)
     with pytest.raises(ValueError, match="finite"):
         metrics.roc_auc([0, 1], [np.nan, 1.0])
+
+
+def test_expected_random_ap_matches_simulation() -> None:
+    rng = np.random.default_rng(3)
+    for n, r in [(7, 1), (7, 3), (12, 5), (5, 5)]:
+        labels = np.zeros(n)
+        labels[:r] = 1
+        simulated = np.mean([metrics.average_precision(labels, rng.random(n)) for _ in range(4000)])
+        assert metrics.expected_random_ap(r, n) == pytest.approx(simulated, abs=0.015)
+    assert metrics.expected_random_ap(1, 4) == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 4) / 4)

@@ -47,8 +47,8 @@ class Retrieval(Track):
         sim = without_self(method.similarity(ms, ids, ids).numpy().astype(np.float64))
         relevant = without_self(tasks[:, None] == tasks[None, :])
         curve = metrics.cmc(relevant, sim, int(self.config["max_rank"]))
-        # Chance mAP: a random ranking's expected AP is about the fraction of relevant items.
-        chance = float(np.mean(relevant.sum(axis=1) / relevant.shape[1]))
+        # Chance mAP: the exact expected AP of a random ranking, averaged over the queries.
+        chance = float(np.mean([metrics.expected_random_ap(r, relevant.shape[1]) for r in relevant.sum(axis=1) if r]))
         return (
             {
                 "map": metrics.mean_average_precision(relevant, sim),

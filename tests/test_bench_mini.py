@@ -1,0 +1,61 @@
+"""End to end on the mini model set (configs/mini.yaml): the controls land at chance and at the
+maximum on real trained models, and every track either scores or says why it cannot.
+
+The set is built once per module (about a minute on two cores); set ``MODELSET_MINI`` to the
+folder of an already built mini set to reuse it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import modelset
+from benchmarks.results import load_results
+from benchmarks.runner import run
+from modelset.errors import DataUnavailableError
+
+pytestmark = pytest.mark.slow
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mini.yaml"
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory: pytest.TempPathFactory) -> modelset.ModelSet:
+    given = os.environ.get("MODELSET_MINI")
+    if given and (Path(given) / "modelset.json").exists():
+        return modelset.open(given)
+    build = pytest.importorskip("builders.build").build
+    out = tmp_path_factory.mktemp("mini") / "mini"
+    try:
+        build(CONFIG, out, progress=False)
+    except DataUnavailableError as exc:
+        pytest.skip(f"mini set cannot be built here: {exc}")
+    return modelset.open(out)
+
+
+def _values(results: list, method: str, track: str, metric: str) -> list[float]:
+    return [r.metrics[metric] for r in results if (r.method, r.track) == (method, track)
+            and r.status == "ok" and r.metrics.get(metric) is not None]
+
+
+def test_controls_on_the_mini_set(mini: modelset.ModelSet, tmp_path: Path) -> None:
+    # Random is scored over 10 seeds (splits and vectors both vary): the mini set is small.
+    run(mini, tmp_path, methods=["random"], seeds=range(10), progress=False)
+    run(mini, tmp_path, methods=["oracle"], seeds=[0, 1, 2], progress=False)
+    results = load_results(tmp_path)
+    assert not [r for r in results if r.status == "failed"]
+    for track, metric in [("task_classification", "accuracy"), ("task_classification", "auc"),
+                          ("retrieval", "map"), ("retrieval", "rank1"), ("few_shot", "accuracy_task")]:
+        assert _values(results, "oracle", track, metric) == [1.0, 1.0, 1.0], (track, metric)
+    auc = np.mean(_values(results, "random", "task_classification", "auc"))
+    assert abs(auc - 0.5) < 0.15
+    mean_ap = np.mean(_values(results, "random", "retrieval", "map"))
+    assert abs(mean_ap - np.mean(_values(results, "random", "retrieval", "chance_map"))) < 0.1
+    few = np.mean(_values(results, "random", "few_shot", "accuracy"))
+    assert abs(few - np.mean(_values(results, "random", "few_shot", "chance_accuracy"))) < 0.1
+    # The mini set has measured transfer affinities and label overlaps: those tracks run.
+    statuses = {(r.track, r.status) for r in results if r.method == "random"}
+    assert ("transfer", "ok") in statuses and ("task_relations", "ok") in statuses
