@@ -84,8 +84,7 @@ def test_variant_queries_exclude_their_own_family(zoo: modelset.ModelSet) -> Non
     assert outcome.metrics["rank1"] == 1.0  # prototypes are far apart, so the task is still found
 
 
-def test_transfer_ranks_sources_by_domain(zoo: modelset.ModelSet) -> None:
-
+def test_transfer_scores_every_held_out_target(zoo: modelset.ModelSet) -> None:
     split = make_split(zoo, 1)
     ws = create_method("weight_stats").fit(zoo, list(split.train_ids), 1)
     outcome = get_track("transfer")().evaluate(ws, zoo, split)
