@@ -216,6 +216,7 @@ class ShardReader:
         if self._h5.attrs.get("format") != SHARD_FORMAT_NAME:
             self._h5.close()
             raise CorruptShardError(f"{path}: not a model set shard (format attribute missing)")
+        self._ids: dict[int, list[str]] = {}  # committed shards never change: read ids once
 
     def close(self) -> None:
         self._h5.close()
@@ -258,8 +259,11 @@ class ShardReader:
                 raise CorruptShardError(f"{where}: tensor {key!r} has non-numeric dtype {dtype}")
 
     def model_ids(self, block: int) -> list[str]:
+        if block in self._ids:
+            return self._ids[block]
         try:
-            return list(self._h5[f"blocks/{block:05d}/model_ids"].asstr()[()])
+            self._ids[block] = list(self._h5[f"blocks/{block:05d}/model_ids"].asstr()[()])
+            return self._ids[block]
         except (KeyError, OSError, ValueError) as exc:
             raise CorruptShardError(f"{self.path}: block {block} has no readable model ids ({exc})") from exc
 
@@ -295,6 +299,13 @@ class ShardReader:
         out: dict[str, np.ndarray] = {}
         try:
             for key, dataset in group.items():
+                if contiguous and np.all(order == np.arange(len(order))):
+                    # The common bulk case: read straight into the result, no reordering copy.
+                    data = np.empty((len(idx), *dataset.shape[1:]), dtype=dataset.dtype)
+                    if len(idx):
+                        dataset.read_direct(data, np.s_[int(sorted_idx[0]) : int(sorted_idx[-1]) + 1])
+                    out[key] = data
+                    continue
                 if contiguous:
                     data = dataset[int(sorted_idx[0]) : int(sorted_idx[-1]) + 1]
                 elif len(np.unique(sorted_idx)) == len(sorted_idx):
