@@ -1,0 +1,110 @@
+"""Benchmark the multi-model engine against a plain one-model-at-a-time loop, in the same run.
+
+Both train the same models (same initialization, data order, optimizer and schedule) on the same
+Fashion-MNIST task slice; the script prints model-epochs per second of each, the speed-up, the
+test accuracies of both (they must agree within 1 point), and the engine's achieved GFLOP/s
+(FLOPs of forward + backward counted by ``torch.utils.flop_counter``) against a measured matmul
+peak at the same thread count.
+
+    python scripts/bench_engine.py --models 16 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from builders.engine import TaskTensors, TrainSpec, init_model, train_models, train_plain
+from modelset.tasks import Task, task_data
+
+
+def matmul_peak(n: int = 1024, repeats: int = 10) -> float:
+    """Best-of GFLOP/s of an ``n × n`` float32 matmul (the machine's practical peak)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def flops_per_image(spec: TrainSpec, shape: tuple[int, ...], batch: int = 32) -> float:
+    """Forward + backward FLOPs per training image of ``spec``'s model."""
+    model = init_model(spec)
+    x = torch.randn(batch, *shape)
+    y = torch.zeros(batch, dtype=torch.long)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    return counter.get_total_flops() / batch
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--models", type=int, default=16)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--arch", default="cnn3")
+    p.add_argument("--strides", default="2,2,2", help="cnn3 strides")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--train-limit", type=int, default=1000)
+    p.add_argument("--test-limit", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+
+    task = Task("bench", "fashion_mnist", (0, 1, 2, 3, 4))
+    x, y = task_data(task, "train", limit=args.train_limit)
+    xt, yt = task_data(task, "test", limit=args.test_limit)
+    data = {"bench": TaskTensors(x, y, xt, yt, task.num_classes)}
+    kwargs: dict = {"num_classes": task.num_classes}
+    if args.arch == "cnn3":
+        kwargs["strides"] = [int(s) for s in args.strides.split(",")]
+    rng = np.random.default_rng(args.seed)
+    specs = []
+    for i in range(args.models):  # the build's mix of optimizers and learning rates
+        opt = "adam" if i % 2 else "sgd"
+        lo, hi = (0.002, 0.02) if opt == "adam" else (0.03, 0.2)
+        lr = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        specs.append(TrainSpec(f"m{i}", "bench", args.arch, kwargs, int(rng.integers(2**31 - 1)),
+                               lr, 1e-4, args.batch_size, opt, args.epochs))  # fmt: skip
+
+    t = time.perf_counter()
+    engine = train_models(specs, data, progress=False)
+    t_engine = time.perf_counter() - t
+    t = time.perf_counter()
+    plain = [train_plain(s, data["bench"]) for s in specs]
+    t_plain = time.perf_counter() - t
+
+    model_epochs = args.models * args.epochs
+    n_used = (x.shape[0] // args.batch_size) * args.batch_size
+    flops = flops_per_image(specs[0], tuple(x.shape[1:])) * n_used * model_epochs
+    peak = matmul_peak()
+    acc_e = [r.test_accuracy for r in engine]
+    acc_p = [r.test_accuracy for r in plain]
+    worst = max(abs(a - b) for a, b in zip(acc_e, acc_p))
+    print(f"task: Fashion-MNIST classes 0-4, {x.shape[0]} train / {xt.shape[0]} test images; "
+          f"{args.models} × {args.arch}, batch {args.batch_size}, {args.epochs} epochs, "
+          f"{args.threads} thread(s)")  # fmt: skip
+    print(f"engine : {model_epochs / t_engine:8.2f} model-epochs/s  ({t_engine:.1f} s)")
+    print(f"plain  : {model_epochs / t_plain:8.2f} model-epochs/s  ({t_plain:.1f} s)")
+    print(f"speed-up: {t_plain / t_engine:.2f}×")
+    print(f"accuracy: engine mean {statistics.mean(acc_e):.4f}, plain mean "
+          f"{statistics.mean(acc_p):.4f}, largest per-model gap {100 * worst:.2f} points "
+          f"({'OK' if worst <= 0.01 else 'MISMATCH'}: must be <= 1 point)")  # fmt: skip
+    print(f"engine: {flops / t_engine / 1e9:.2f} GFLOP/s (fwd+bwd) vs matmul peak {peak:.1f} GFLOP/s "
+          f"({100 * flops / t_engine / 1e9 / peak:.1f}% of peak); plain loop "
+          f"{flops / t_plain / 1e9:.2f} GFLOP/s")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
