@@ -221,13 +221,16 @@ def get_dataset(
     name: str,
     split: str,
     root: str | os.PathLike | None = None,
-    allow_download: bool = True,
+    allow_download: bool | None = None,
 ) -> torch.utils.data.Dataset:
     """The torchvision data set ``name`` (``split`` is "train" or "test") read from ``root``.
 
-    Tries the files already under ``root``, then the Debian package, then torchvision's download.
+    Tries the files already under ``root``, then the Debian package, then torchvision's download
+    (``allow_download`` None means: unless the environment sets ``MODELSET_OFFLINE=1``).
     Raises ``DataUnavailableError`` naming the data set, the root and how to get the data.
     """
+    if allow_download is None:
+        allow_download = os.environ.get("MODELSET_OFFLINE", "0") in ("", "0")
     info = dataset_info(name)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -266,7 +269,7 @@ def load_tensors(
     name: str,
     split: str,
     root: str | os.PathLike | None = None,
-    allow_download: bool = True,
+    allow_download: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A whole split in memory: images ``(N, C, H, W)`` float32 in [0, 1], labels ``(N,)`` int64.
 

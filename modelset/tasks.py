@@ -95,7 +95,7 @@ def task_data(
     split: str,
     root: str | os.PathLike | None = None,
     limit: int | None = None,
-    allow_download: bool = True,
+    allow_download: bool | None = None,
     normalize: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A task's inputs and labels for ``split``: what the task's models were trained and tested on.
