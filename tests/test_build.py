@@ -160,3 +160,37 @@ def test_resume_after_sigkill_is_identical(env: dict, clean: Path) -> None:
             "test_accuracy", "train_loss"]  # fmt: skip
     assert a.metadata.sort_index()[cols].equals(b.metadata.sort_index()[cols])
     assert a.relations["transfer_affinity"].equals(b.relations["transfer_affinity"])
+
+
+@pytest.mark.slow
+def test_variants_hook_calls_registered_recipes(env: dict) -> None:
+    from builders.variants import register_recipe
+    from modelset.writer import ModelRecord
+
+    calls: list[str] = []
+
+    @register_recipe("test_halved")
+    def halved(parent, data, seed, scale: float = 0.5):  # a stand-in recipe: scaled weights
+        calls.append(parent.model_id)
+        sd = {k: v * scale for k, v in parent.state_dict.items()}
+        row = dict(parent.row, variant="halved", parent_id=parent.model_id, seed=seed)
+        row = {k: v for k, v in row.items() if k in ("task", "dataset", "variant", "parent_id", "seed")}
+        return [ModelRecord(f"{parent.model_id}-halved-s{seed}", parent.architecture,
+                            dict(parent.arch_kwargs), {"final": sd}, row)]  # fmt: skip
+
+    cfg = tiny_config()
+    cfg["transfer"] = {"enabled": False}
+    cfg["variants"] = [{"recipe": "test_halved", "parents": {"per_task": 1}, "params": {"scale": 0.5}}]
+    from builders.build import build
+
+    out = build(cfg, env["base"] / "variants", progress=False)
+    ms = modelset.open(out)
+    var = ms.metadata[ms.metadata["variant"] == "halved"]
+    assert len(var) == 4 and sorted(var["parent_id"]) == sorted(calls)
+    assert set(var["recipe"]) == {"test_halved"}
+    pid = var["parent_id"].iloc[0]
+    torch.testing.assert_close(
+        ms.state_dict(var.index[0])["head.bias"], ms.state_dict(pid)["head.bias"] * 0.5
+    )
+    build(cfg, out, progress=False)  # resuming a finished set calls no recipe again
+    assert len(calls) == 4 and len(modelset.open(out).metadata) == len(ms.metadata)
