@@ -218,6 +218,9 @@ def build(
             w.set_relation(name, df)
         done = w.model_ids
         todo = [sh for sh in shards if any(s.model_id not in done for s in sh)]
+        if not todo and w.header.get("complete"):
+            log.info("%s is already complete (%d models); nothing to do", out, len(done))
+            return out
         log.info("%d models in %d shards; %d shards to train", len(specs), len(shards), len(todo))
         data = load_task_tensors(tasks, cfg)
         bar = tqdm(total=len(specs), initial=len(specs) - sum(len(sh) for sh in todo),

@@ -3,7 +3,7 @@
 Built with timm's own ``ResNet`` class (basic blocks, one per stage, four stages) so the
 state-dict keys are timm's (``conv1.weight``, ``bn1.*``, ``layer{i}.0.conv{j}.weight``, ...,
 ``fc.weight``, ``fc.bias``); only the widths are small. With the default widths (8, 12, 16, 24),
-one input channel and ten classes it has 25,079 parameters and about 0.2 M multiply-adds per
+one input channel and ten classes it has 25,074 parameters and about 0.2 M multiply-adds per
 28×28 image (the 7×7 stride-2 stem and its max-pool bring the map to 7×7 before the stages).
 Batch-norm running statistics are buffers, stored with the parameters.
 """
