@@ -212,15 +212,15 @@ def build(
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     with ModelSetWriter.open(out, name=str(cfg["name"]), config=cfg, overwrite=overwrite) as w:
-        static = static_relations(tasks)
-        w.set_tasks(tasks_frame(tasks))
-        for name, df in static.items():
-            w.set_relation(name, df)
         done = w.model_ids
         todo = [sh for sh in shards if any(s.model_id not in done for s in sh)]
         if not todo and w.header.get("complete"):
             log.info("%s is already complete (%d models); nothing to do", out, len(done))
             return out
+        # Tasks and static relations first, so a partial set is already usable.
+        w.set_tasks(tasks_frame(tasks))
+        for name, df in static_relations(tasks).items():
+            w.set_relation(name, df)
         log.info("%d models in %d shards; %d shards to train", len(specs), len(shards), len(todo))
         data = load_task_tensors(tasks, cfg)
         bar = tqdm(total=len(specs), initial=len(specs) - sum(len(sh) for sh in todo),
