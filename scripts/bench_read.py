@@ -3,7 +3,8 @@
     python scripts/bench_read.py --models 5000
     python scripts/bench_read.py --zoo data/modelset500
 
-Three ways to get the same tensors into memory (warm page cache, best of ``--repeats``):
+Three ways to get the same tensors into memory (best of ``--repeats``; warm page cache, or with
+``--cold`` each timed read starts with the files evicted from the page cache):
 
 - bulk: ``ModelSet.iter_stacked`` over every model (HDF5 shards, checksummed chunks, finiteness
   checked), the way LPS and the benchmarks read;
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -33,9 +35,22 @@ import modelset  # noqa: E402
 from modelset.synthetic import write_synthetic  # noqa: E402
 
 
-def best(fn, repeats: int) -> float:
+def evict(paths: list[Path]) -> None:
+    """Drop these files (only these) from the page cache, so the next read comes from the disk."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def best(fn, repeats: int, before=None) -> float:
     times = []
     for _ in range(repeats):
+        if before is not None:
+            before()
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
@@ -49,6 +64,8 @@ def main() -> int:
     parser.add_argument("--chunk-size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cold", action="store_true",
+                        help="evict the files from the page cache before each timed read (posix_fadvise)")
     parser.add_argument("--out", help="also write the figures to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -85,11 +102,16 @@ def main() -> int:
 
         for fn in (bulk, per_file, raw):  # warm the page cache and the code paths
             fn()
-        seconds = {name: best(fn, args.repeats) for name, fn in (("bulk", bulk), ("per_file", per_file), ("raw", raw))}
+        files = {"bulk": shard_files, "per_file": sorted(per_model.iterdir()), "raw": shard_files}
+        seconds = {
+            name: best(fn, args.repeats, (lambda n=name: evict(files[n])) if args.cold else None)
+            for name, fn in (("bulk", bulk), ("per_file", per_file), ("raw", raw))
+        }
         ms.close()
     mb = n_bytes / 2**20
     figures = {
         "models": len(ids),
+        "cache": "cold (evicted)" if args.cold else "warm",
         "param_mb": round(mb, 1),
         "shard_file_mb": round(shard_bytes / 2**20, 1),
         **{f"{k}_s": round(v, 4) for k, v in seconds.items()},
