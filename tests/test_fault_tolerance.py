@@ -138,3 +138,69 @@ def test_second_writer_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     # The lock dies with its holder: a killed builder never blocks the next one.
     with ModelSetWriter.open(path, name="held", config={}) as writer:
         assert writer.model_ids == set()
+
+
+def _mini_config() -> dict:
+    """configs/mini.yaml cut down to seconds: cnn3 only, no transfer, small data, shards of two."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "configs" / "mini.yaml").read_text())
+    cfg.update(name="mini-killed", shard_size=2, transfer={"enabled": False}, variants=[])
+    cfg["families"] = [{"architecture": "cnn3", "arch_kwargs": {}, "models_per_task": 3}]
+    cfg["data"] = dict(cfg.get("data") or {}, train_limit=200, test_limit=100)
+    cfg["hyperparameters"] = dict(cfg.get("hyperparameters") or {}, epochs=[1, 2], batch_size=[32])
+    return cfg
+
+
+def _committed(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_metadata(path / "models.parquet").num_rows
+    except (OSError, ValueError):
+        return 0
+
+
+@pytest.mark.slow
+def test_real_mini_build_killed_and_resumed_equals_uninterrupted(tmp_path: Path) -> None:
+    import multiprocessing
+
+    import torch
+
+    build = pytest.importorskip("builders.build").build
+    cfg = _mini_config()
+    try:
+        reference = build(cfg, tmp_path / "reference", progress=False)
+    except modelset.errors.DataUnavailableError as exc:
+        pytest.skip(f"Fashion-MNIST is not available here: {exc}")
+    n_models = len(modelset.open(reference))
+    # Forked builders start without re-importing torch: each round costs the build, not start-up.
+    fork = multiprocessing.get_context("fork")
+    path, rng, kills = tmp_path / "killed", random.Random(11), 0
+    for _round in range(3):
+        before = _committed(path)
+        proc = fork.Process(target=build, args=(cfg, path), kwargs={"progress": False})
+        proc.start()
+        deadline = time.monotonic() + 60
+        while proc.is_alive() and _committed(path) <= before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.3))  # land inside the training or the commit of a later shard
+        if proc.is_alive():
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.join()
+    proc = fork.Process(target=build, args=(cfg, path), kwargs={"progress": False})
+    proc.start()
+    proc.join(120)
+    assert proc.exitcode == 0 and kills >= 1
+    assert modelset.verify(path)["models"] == n_models
+    with modelset.open(reference) as a, modelset.open(path) as b:
+        ids = sorted(a.metadata.index)
+        assert sorted(b.metadata.index) == ids  # every model exactly once
+        cols = ["test_accuracy", "train_loss", "seed", "lr", "epochs"]
+        pd_a, pd_b = a.metadata.loc[ids, cols], b.metadata.loc[ids, cols]
+        assert pd_a.equals(pd_b), "a resumed build must equal an uninterrupted one"
+        for mid in ids:
+            for ckpt in ("init", "final"):
+                sa, sb = a.state_dict(mid, ckpt), b.state_dict(mid, ckpt)
+                assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), mid
