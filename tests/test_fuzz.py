@@ -26,8 +26,9 @@ from modelset.synthetic import write_synthetic
 from modelset.writer import write_checksums
 
 CASES: Counter[str] = Counter()
+# 20 examples per property by default (120 cases, CI); MODELSET_FUZZ_EXAMPLES=500 for a campaign.
 FUZZ = settings(
-    max_examples=int(os.environ.get("MODELSET_FUZZ_EXAMPLES", "30")),
+    max_examples=int(os.environ.get("MODELSET_FUZZ_EXAMPLES", "20")),
     deadline=10_000,  # a hang shows up as a deadline failure
     derandomize=True,  # fixed seed: CI runs the same cases
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
