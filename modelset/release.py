@@ -352,11 +352,7 @@ def fetch(
     if staging.is_symlink() or (staging.exists() and not staging.is_dir()):
         staging.unlink()
     staging.mkdir(exist_ok=True)
-    wanted = {e["path"] for e in entries}
-    for path in sorted(staging.rglob("*"), reverse=True):  # drop what the index does not list
-        rel = path.relative_to(staging).as_posix()
-        if path.is_file() and rel not in wanted or path.is_symlink():
-            path.unlink()
+    _clean_staging(staging, {e["path"] for e in entries})
     # The header goes last: until it is there, the staging folder is not a model set at all.
     order = sorted(entries, key=lambda e: (e["path"] == HEADER_FILE, e["path"]))
     registry = {e["path"]: f"sha256:{e['sha256']}" for e in entries}
@@ -402,6 +398,21 @@ def fetch(
         os.replace(staging, dest)
     log.info("fetched %d files (%d kept from an earlier attempt) into %s", len(entries), kept, dest)
     return dest
+
+
+def _clean_staging(staging: Path, wanted: set[str]) -> None:
+    """Drop what the index does not list, and every symlink, without following any link: a
+    planted link must not make the fetch write (or delete) outside the staging folder."""
+    for folder, dirs, files in os.walk(staging, followlinks=False):
+        base = Path(folder)
+        for name in list(dirs):
+            if (base / name).is_symlink():
+                (base / name).unlink()
+                dirs.remove(name)
+        for name in files:
+            path = base / name
+            if path.is_symlink() or not path.is_file() or path.relative_to(staging).as_posix() not in wanted:
+                path.unlink()
 
 
 def _fetch_one(store: Any, rel: str, entry: dict[str, Any], base: str, timeout: float, pooch: Any, requests: Any) -> None:

@@ -214,3 +214,15 @@ def test_fetch_rejects_bad_index(release: Path, tmp_path: Path, mutate, message:
             fetch(f"{srv.url}/rel/", tmp_path / "out" / "got")
     assert not (tmp_path / "out" / "got").exists()
     assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "out" / "escape.txt").exists()
+
+
+def test_fetch_ignores_links_planted_in_the_staging_folder(release: Path, server: ReleaseServer, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "shard-00000.h5").write_text("not yours")
+    staging = tmp_path / "dl" / ".got.fetching"
+    staging.mkdir(parents=True)
+    (staging / "shards").symlink_to(outside, target_is_directory=True)
+    dest = fetch(_url(server, release), tmp_path / "dl" / "got")
+    assert (outside / "shard-00000.h5").read_text() == "not yours" and len(list(outside.iterdir())) == 1
+    assert not (dest / "shards").is_symlink() and modelset.verify(dest)["models"] == 12
