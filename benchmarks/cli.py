@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -31,6 +32,8 @@ def _parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (e.g. a file of your own @register_method classes); repeatable")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run methods on tracks, one result file per (method, track, seed)")
     run.add_argument("--zoo", required=True, help="model set folder")
@@ -48,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        for module in args.imports:  # user methods and tracks register themselves on import
+            importlib.import_module(module)
         if args.command == "list":
             from benchmarks.methods import get_method, list_methods
             from benchmarks.tracks import get_track, list_tracks
