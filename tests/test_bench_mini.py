@@ -1,8 +1,8 @@
 """End to end on the mini model set (configs/mini.yaml): the controls land at chance and at the
 maximum on real trained models, and every track either scores or says why it cannot.
 
-The set is built once per module (about a minute on two cores); set ``MODELSET_MINI`` to the
-folder of an already built mini set to reuse it.
+Uses the session fixture ``mini_set`` when conftest provides one; otherwise builds the set once
+for this module (about a minute on two cores), or reuses the folder named by ``MODELSET_MINI``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,11 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mini.yaml"
 
 
 @pytest.fixture(scope="module")
-def mini(tmp_path_factory: pytest.TempPathFactory) -> modelset.ModelSet:
+def mini(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> modelset.ModelSet:
+    try:  # a session-wide mini set shared with the other test files, when conftest provides one
+        return request.getfixturevalue("mini_set")
+    except pytest.FixtureLookupError:
+        pass
     given = os.environ.get("MODELSET_MINI")
     if given and (Path(given) / "modelset.json").exists():
         return modelset.open(given)
