@@ -16,8 +16,10 @@ import argparse
 import gc
 import json
 import logging
+import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +51,20 @@ def train_scorer(path: Path, epochs: int):
     with modelset.open(path) as ms:
         tasks = sorted(ms.metadata["task"].unique())
         return train(ms, train_tasks=tasks[: len(tasks) // 2], epochs=epochs, seed=0)
+
+
+def open_in_new_process(path: Path) -> float:
+    """Seconds for a fresh Python to open the set and read its table (imports excluded, timed
+    separately: importing torch alone takes seconds and says nothing about the format)."""
+    code = (
+        "import time, modelset\n"
+        "t0 = time.perf_counter()\n"
+        f"ms = modelset.open({str(path)!r}); n = len(ms.metadata)\n"
+        "print(time.perf_counter() - t0)"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return round(float(result.stdout.strip().splitlines()[-1]), 3)
 
 
 def embed_streamed(ms, scorer, chunk_size: int) -> torch.Tensor:
@@ -89,6 +105,7 @@ def bench_size(n: int, work: Path, scorer, chunk_size: int, queries: int, k: int
     assert len(table) == n and n_tasks == N_TASKS
 
     ids = list(table.index)
+    figures["open_table_new_process_s"] = open_in_new_process(path)
 
     def bulk_read() -> int:
         n_bytes = 0
