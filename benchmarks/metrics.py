@@ -84,24 +84,37 @@ def mean_average_precision(relevance: np.ndarray, scores: np.ndarray) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def cmc(relevance: np.ndarray, scores: np.ndarray, max_rank: int = 10) -> np.ndarray:
+def cmc(relevance: np.ndarray, scores: np.ndarray, max_rank: int = 10, ties: str = "expected") -> np.ndarray:
     """Cumulative match characteristic ``(max_rank,)``: entry ``k-1`` is the fraction of queries
     with a relevant item among their top ``k``. Queries without a relevant item are skipped.
 
-    Ties are broken pessimistically (a relevant item tied with irrelevant ones is ranked after
-    them), so a constant scorer does not look better than chance.
+    ``ties="expected"`` (default) averages over every order of tied items, so a constant scorer
+    lands exactly at chance; ``"pessimistic"`` ranks relevant items after the irrelevant items
+    they tie with.
     """
+    if ties not in ("expected", "pessimistic"):
+        raise ValueError(f"cmc: ties must be 'expected' or 'pessimistic', got {ties!r}")
     rel, sc = np.asarray(relevance, dtype=bool), np.asarray(scores, dtype=np.float64)
     keep = rel.any(axis=1)
     rel, sc = rel[keep], sc[keep]
     if rel.shape[0] == 0:
         return np.full(max_rank, np.nan)
-    best_pos = np.where(rel, sc, -np.inf).max(axis=1)
-    # rank of the best relevant item = 1 + (# irrelevant items scoring >= it) + (# relevant above it)
-    beaten = ((sc >= best_pos[:, None]) & ~rel).sum(axis=1) + ((sc > best_pos[:, None]) & rel).sum(axis=1)
-    first_hit = beaten + 1
-    ranks = np.arange(1, max_rank + 1)
-    return (first_hit[:, None] <= ranks[None, :]).mean(axis=0)
+    best = np.where(rel, sc, -np.inf).max(axis=1)[:, None]
+    above = (sc > best).sum(axis=1)  # all irrelevant: best is the top relevant score
+    tied_rel = ((sc == best) & rel).sum(axis=1)
+    tied_irr = ((sc == best) & ~rel).sum(axis=1)
+    out = np.zeros((rel.shape[0], max_rank))
+    for q in range(rel.shape[0]):
+        a, b, g = int(tied_rel[q]), int(tied_irr[q]), int(above[q])
+        for k in range(1, max_rank + 1):
+            m = k - g  # places left for the tie group within the top k
+            if m <= 0:
+                continue
+            if ties == "pessimistic":
+                out[q, k - 1] = float(m > b)
+            else:  # P(some relevant among the first m of a random order of a + b items)
+                out[q, k - 1] = 1.0 if m > b else 1.0 - math.comb(b, m) / math.comb(a + b, m)
+    return out.mean(axis=0)
 
 
 def spearman(a: np.ndarray | list, b: np.ndarray | list) -> float:

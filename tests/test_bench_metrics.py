@@ -49,8 +49,20 @@ def test_map_and_cmc_on_known_lists() -> None:
     # Query 3 has no relevant item and is skipped; query 2 finds its item at rank 3.
     assert metrics.mean_average_precision(relevance, scores) == pytest.approx((1.0 + 1 / 3) / 2)
     np.testing.assert_allclose(metrics.cmc(relevance, scores, max_rank=4), [0.5, 0.5, 1.0, 1.0])
-    # A constant scorer: ties are broken against the relevant item.
-    np.testing.assert_allclose(metrics.cmc(relevance[:1], np.zeros((1, 4)), 4), [0, 0, 0, 1])
+    # A constant scorer lands at chance: 1 relevant among 4 is in the top k with probability k/4.
+    np.testing.assert_allclose(metrics.cmc(relevance[:1], np.zeros((1, 4)), 4), [0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(metrics.cmc(relevance[:1], np.zeros((1, 4)), 4, ties="pessimistic"), [0, 0, 0, 1])
+    # Two relevant of four, all tied: P(hit in top 1) = 1/2, top 2 = 1 - 1/6.
+    np.testing.assert_allclose(metrics.cmc([[1, 1, 0, 0]], np.zeros((1, 4)), 2), [0.5, 5 / 6])
+
+
+def test_cmc_expected_ties_match_random_tie_breaking() -> None:
+    rng = np.random.default_rng(2)
+    relevance = rng.random((30, 12)) < 0.3
+    relevance[:, 0] = True
+    scores = rng.integers(0, 3, (30, 12)).astype(float)  # many ties
+    simulated = np.mean([metrics.cmc(relevance, scores + 1e-6 * rng.random(scores.shape), 5) for _ in range(3000)], axis=0)
+    np.testing.assert_allclose(metrics.cmc(relevance, scores, 5), simulated, atol=0.01)
 
 
 def test_rank_correlations_match_scipy() -> None:
