@@ -69,11 +69,33 @@ def pack(path: str | os.PathLike, out: str | os.PathLike, archive: bool = True, 
 
     The set is verified first (``check``): a release never carries a damaged set. Packing the
     same set twice returns the existing release. With ``archive``, ``<release>.tar`` is written
-    beside the folder.
+    beside the folder. Refuses (``LockedError``) while a builder is writing the set.
     """
-    from modelset.verify import verify
-
     root = Path(path)
+    lock = _hold_write_lock(root)  # no builder may change the set while it is verified and copied
+    try:
+        return _pack_locked(root, Path(out), archive, check)
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _hold_write_lock(root: Path) -> int | None:
+    """The set's writer lock (``LockedError`` if a builder holds it); ``None`` on a read-only set."""
+    from modelset.writer import ModelSetWriter
+
+    if not (root / HEADER_FILE).exists():
+        return None  # not a set: verify or read_header names the problem
+    try:
+        return ModelSetWriter._lock(root)
+    except PermissionError:
+        return None  # a read-only copy cannot be written by anyone either
+
+
+def _pack_locked(root: Path, out: Path, archive: bool, check: bool) -> Path:
+    from modelset.verify import verify
+    from modelset.writer import read_checksums
+
     if check:
         verify(root)
     header = read_header(root)
@@ -82,10 +104,8 @@ def pack(path: str | os.PathLike, out: str | os.PathLike, archive: bool = True, 
             f"{root}: the model set is not complete (its build was interrupted or is running); "
             "finish the build before packing it"
         )
-    from modelset.writer import read_checksums
-
     sums = read_checksums(root)
-    out_dir = Path(out)
+    out_dir = out
     out_dir.mkdir(parents=True, exist_ok=True)
     name = release_name(root)
     target = out_dir / name

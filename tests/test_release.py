@@ -226,3 +226,18 @@ def test_fetch_ignores_links_planted_in_the_staging_folder(release: Path, server
     dest = fetch(_url(server, release), tmp_path / "dl" / "got")
     assert (outside / "shard-00000.h5").read_text() == "not yours" and len(list(outside.iterdir())) == 1
     assert not (dest / "shards").is_symlink() and modelset.verify(dest)["models"] == 12
+
+
+def test_pack_refuses_a_set_being_written(built: Path, tmp_path: Path) -> None:
+    from modelset.errors import LockedError
+    from modelset.writer import ModelSetWriter
+
+    copy = tmp_path / "set"
+    import shutil
+
+    shutil.copytree(built, copy)
+    header = json.loads((copy / "modelset.json").read_text())
+    with ModelSetWriter.open(copy, name=header["name"], config=header["config"]):
+        with pytest.raises(LockedError, match="being written"):
+            pack(copy, tmp_path / "dist")
+    assert pack(copy, tmp_path / "dist").name.startswith("synthetic-12-v1-")
