@@ -7,10 +7,13 @@ the order of ``specs``, each file complete in ``staging``. The driver then commi
 ``ModelSetWriter.commit_shard_file`` and deletes it, so only the driver ever touches the set::
 
     executor = get_executor("ray", address=None)          # or "local" (the default)
+    staging = out.parent / f".{out.name}.staging"          # beside the set, never inside it
     with executor:
-        for spec, path in executor.map_shards(train_shard, todo, out / ".staging", shared=data):
+        for spec, path in executor.map_shards(train_shard, todo, staging, shared=data):
             writer.commit_shard_file(path)
             path.unlink()
+
+The staging folder must be outside the set: the writer checksums every file inside it.
 
 On Ray, each shard is one task (``max_retries``: a worker killed mid-shard is run again from
 scratch); the worker sends the shard's bytes back through the object store, so workers need no
