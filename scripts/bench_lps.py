@@ -46,7 +46,9 @@ def main() -> int:
             ms = modelset.open(write_synthetic(Path(tmp) / "syn", args.synthetic, n_tasks=20))
         sp = split(ms, seed=0)
         start = time.perf_counter()
-        scorer = train(ms, train_tasks=sp.train_tasks, train_ids=sp.train_ids, mode=args.mode, seed=0, epochs=args.epochs)
+        scorer = train(
+            ms, train_tasks=sp.train_tasks, train_ids=sp.train_ids, mode=args.mode, seed=0, epochs=args.epochs
+        )
         train_seconds = time.perf_counter() - start
         ids = list(ms.metadata.index)
         features, embed, score = [], [], []
