@@ -1,6 +1,6 @@
 """Architectures a model set can name; ``build_architecture`` rebuilds them from the table."""
 
-from modelset.architectures import cnn  # noqa: F401  (registers its architectures)
+from modelset.architectures import cnn, resnet  # noqa: F401  (they register their architectures)
 from modelset.architectures._registry import (
     build_architecture,
     canonical_kwargs,
