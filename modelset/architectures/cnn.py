@@ -52,7 +52,7 @@ class SmallCNN(nn.Module):
             total_scale = 1.0
             for stride in strides:
                 total_scale /= stride
-            alpha = shape_adaptor_alpha(total_scale, self.depth)
+            alpha = shape_adaptor_alpha(total_scale, self.depth, saturate=True)
         for i, stride in enumerate(strides):
             stride = 1 if self.adaptive else stride
             if conv == "conv":

@@ -115,14 +115,25 @@ class NSLConv2d(nn.Module):
         )
 
 
-def shape_adaptor_alpha(total_scale: float, n_adaptors: int, r1: float = 0.5, r2: float = 1.0) -> float:
+#: Closest σ(α) to 0 or 1 that a saturated start may take (α ≈ ±3.9, still a usable gradient).
+SATURATION = 0.02
+
+
+def shape_adaptor_alpha(
+    total_scale: float, n_adaptors: int, r1: float = 0.5, r2: float = 1.0, saturate: bool = False
+) -> float:
     """The α that makes ``n_adaptors`` identical shape adaptors resize by ``total_scale`` overall.
 
     Each adaptor then scales by ``total_scale ** (1 / n)``; e.g. strides (2, 2, 1) spread over
-    three adaptors give 0.63 each (α ≈ -1.05). Raises ``ValueError`` if the scale is unreachable.
+    three adaptors give 0.63 each (α ≈ -1.05). A scale at or beyond the reach of the adaptors
+    (strides (2, 2, 2) need every adaptor at exactly r1) raises ``ValueError``, or with
+    ``saturate`` starts σ(α) at ``SATURATION`` from the bound: each adaptor then resizes by 0.51,
+    and with rounding the maps have the strided network's sizes (28 → 14 → 7 → 4).
     """
     per = total_scale ** (1.0 / n_adaptors)
     sigma = (per - r1) / (r2 - r1)
+    if saturate:
+        sigma = min(max(sigma, SATURATION), 1.0 - SATURATION)
     if not 0.0 < sigma < 1.0:
         raise ValueError(
             f"overall scale {total_scale} is not reachable with {n_adaptors} adaptors in ({r1}, {r2})"
