@@ -16,6 +16,7 @@ and ``variants`` (recipes of ``builders.variants`` applied to chosen base models
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -33,6 +34,8 @@ from tqdm.auto import tqdm
 from builders.engine import TaskTensors, TrainResult, TrainSpec, resolve_device, train_models
 from builders.tasks import static_relations, tasks_frame, tasks_from_config
 from builders.transfer import TransferConfig, protocol_text, transfer_affinity
+from builders.variants.flops import count_flops
+from modelset.architectures import build_architecture, canonical_kwargs
 from modelset.errors import SchemaError
 from modelset.tasks import Task, task_data
 from modelset.writer import ModelRecord, ModelSetWriter
@@ -155,8 +158,15 @@ def load_task_tensors(
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def _flops(architecture: str, kwargs_json: str, input_shape: tuple[int, ...]) -> int:
+    """Counted FLOPs of one forward pass, per architecture signature (the same for every seed)."""
+    return count_flops(build_architecture(architecture, kwargs_json), input_shape)
+
+
 def _record(res: TrainResult, task: Task, data: TaskTensors) -> ModelRecord:
     s = res.spec
+    flops = _flops(s.architecture, canonical_kwargs(dict(s.arch_kwargs)), tuple(data.x_train.shape[1:]))
     row = {
         "task": s.task_id,
         "dataset": task.dataset,
@@ -176,6 +186,8 @@ def _record(res: TrainResult, task: Task, data: TaskTensors) -> ModelRecord:
         "test_size": int(data.x_test.shape[0]),
         "train_loss": round(res.train_loss, 6),
         "test_accuracy": res.test_accuracy,
+        "flops": flops,
+        "flops_sparse": flops,  # base models are dense
         "chance_accuracy": res.chance,
         "below_chance": res.below_chance,
     }
@@ -368,5 +380,6 @@ def _variants(
             records = recipe(parent, vdata[str(row["task"])], seed, **dict(entry.get("params") or {}))
             for rec in records:
                 rec.row["recipe"] = key
+                rec.row.setdefault("test_size", int(vdata[str(row["task"])].y_test.shape[0]))
                 rec.row.setdefault("parent_id", pid)
             w.write_shard(records)
