@@ -223,7 +223,13 @@ class ShardReader:
 
     def _group(self, block: int, checkpoint: str, what: str) -> h5py.Group:
         try:
-            return self._h5[f"blocks/{block:05d}/checkpoints/{checkpoint}"]
+            # An empty or '/'-holding name would address another group (e.g. all checkpoints).
+            if not checkpoint or "/" in checkpoint or checkpoint in (".", ".."):
+                raise KeyError(f"invalid checkpoint name {checkpoint!r}")
+            group = self._h5[f"blocks/{block:05d}/checkpoints/{checkpoint}"]
+            if not isinstance(group, h5py.Group):
+                raise ValueError("expected a group of tensors")
+            return group
         except (KeyError, OSError, ValueError) as exc:
             raise CorruptShardError(
                 f"{self.path}: {what}: block {block} has no checkpoint {checkpoint!r} ({exc})"
@@ -235,7 +241,7 @@ class ShardReader:
         n_models = self.n_models(block)
         try:
             stored = {k: (tuple(d.shape), d.dtype) for k, d in group.items()}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CorruptShardError(f"{self.path}: {what}: block {block} cannot be listed ({exc})") from exc
         where = f"{self.path}: {what}: block {block}, checkpoint {checkpoint!r}"
         if set(stored) != set(expected):
@@ -269,7 +275,10 @@ class ShardReader:
 
     def shapes(self, block: int, checkpoint: str = "final") -> dict[str, tuple[int, ...]]:
         group = self._group(block, checkpoint, "shapes")
-        return {k: tuple(d.shape[1:]) for k, d in group.items()}
+        try:
+            return {k: tuple(d.shape[1:]) for k, d in group.items()}
+        except (AttributeError, OSError, ValueError) as exc:  # a sub-group where a tensor belongs
+            raise CorruptShardError(f"{self.path}: block {block}, checkpoint {checkpoint!r}: not a tensor ({exc})") from exc
 
     def n_models(self, block: int) -> int:
         return len(self.model_ids(block))
@@ -316,6 +325,6 @@ class ShardReader:
                 restored = np.empty_like(data)
                 restored[order] = data
                 out[key] = restored
-        except (OSError, ValueError, KeyError, IndexError) as exc:
+        except (OSError, ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
             raise CorruptShardError(f"{self.path}: {what}: cannot read block {block} ({exc}); run verify") from exc
         return out
