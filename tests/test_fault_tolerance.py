@@ -76,8 +76,13 @@ def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
         proc = _child(BUILDER, str(path), str(n_models), str(per_shard))
         _wait_line(proc, "ready")
         if kills < max_kills:
+            # Let the build make progress (one more shard committed), then kill it a random
+            # moment later, so every round moves the set forward whatever the machine's speed.
+            before, deadline = _committed(path), time.monotonic() + 60
+            while proc.poll() is None and _committed(path) <= before and time.monotonic() < deadline:
+                time.sleep(0.005)
             try:
-                proc.wait(timeout=rng.uniform(0.05, 0.6))
+                proc.wait(timeout=rng.uniform(0.0, 0.15))
             except subprocess.TimeoutExpired:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
