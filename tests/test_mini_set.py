@@ -1,0 +1,45 @@
+"""The mini model set as users get it: complete, verified, every variant family present, and every
+model rebuilt by ``ms.model(id)`` reproducing its recorded test accuracy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import modelset
+from modelset.tasks import Task, task_data
+
+pytestmark = pytest.mark.slow
+
+FAMILIES = {"str", "gmp", "channel_sim", "l1_filter", "shape_adaptor", "fixed_stride",
+            "nsl_full", "nsl_diag", "nsl_dynamic", "conv"}
+
+
+def test_mini_set_is_complete_and_verified(mini_set: modelset.ModelSet) -> None:
+    report = modelset.verify(mini_set.root)
+    meta = mini_set.metadata
+    assert report["models"] == len(meta) and mini_set.header["complete"]
+    assert FAMILIES <= set(meta["variant"])
+    variants = meta[meta["variant"] != "base"]
+    assert set(variants["parent_id"]) <= set(meta.index[meta["variant"] == "base"])
+    assert (meta["flops"] > 0).all() and meta["test_accuracy"].between(0, 1).all()
+    sparse = meta[meta["variant"].isin(["str", "gmp"])]
+    assert (sparse["sparsity"] > 0.3).all() and (sparse["flops_sparse"] < sparse["flops"]).all()
+    pruned = meta[meta["variant"].isin(["channel_sim", "l1_filter"])]
+    assert (pruned["n_params"] < meta.loc[pruned["parent_id"], "n_params"].to_numpy()).all()
+    for name in ("label_jaccard", "same_domain"):
+        matrix = mini_set.relations[name].to_numpy()
+        assert np.allclose(matrix, matrix.T)
+
+
+def test_every_model_reproduces_its_recorded_accuracy(mini_set: modelset.ModelSet) -> None:
+    meta = mini_set.metadata
+    for task_id, rows in meta.groupby("task"):
+        task = Task.from_row(task_id, mini_set.tasks.loc[task_id].to_dict())
+        x, y = task_data(task, "test", limit=int(rows["test_size"].max()))
+        for model_id, row in rows.iterrows():
+            n = int(row["test_size"])
+            with torch.no_grad():
+                accuracy = int((mini_set.model(model_id)(x[:n]).argmax(1) == y[:n]).sum()) / n
+            assert accuracy == pytest.approx(row["test_accuracy"], abs=1e-9), model_id
