@@ -16,6 +16,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--config", required=True, help="YAML config, e.g. configs/modelset500.yaml")
     b.add_argument("--out", required=True, help="output folder, e.g. data/modelset500")
     b.add_argument("--overwrite", action="store_true", help="replace an existing set at --out")
+    b.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="where shards are trained: this process (default) or a Ray cluster")
+    b.add_argument("--ray-address", default=None,
+                   help="Ray cluster address (default: RAY_ADDRESS, else a local Ray instance)")
     b.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     b.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
@@ -23,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     from builders.build import build
 
     try:
-        out = build(args.config, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+        out = build(args.config, args.out, overwrite=args.overwrite, progress=not args.no_progress,
+                    executor=args.executor, address=args.ray_address)
     except ModelSetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

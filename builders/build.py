@@ -32,11 +32,13 @@ import yaml
 from tqdm.auto import tqdm
 
 from builders.engine import TaskTensors, TrainResult, TrainSpec, resolve_device, train_models
+from builders.executors import get_executor
 from builders.tasks import static_relations, tasks_frame, tasks_from_config
 from builders.transfer import TransferConfig, protocol_text, transfer_affinity
 from builders.variants.flops import count_flops
 from modelset.architectures import build_architecture, canonical_kwargs
 from modelset.errors import SchemaError
+from modelset.shards import write_shard_file
 from modelset.tasks import Task, task_data
 from modelset.writer import ModelRecord, ModelSetWriter
 
@@ -206,13 +208,34 @@ def _setup_torch(cfg: Mapping[str, Any]) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def train_shard(shard: Sequence[TrainSpec], shared: Mapping[str, Any], path: Path) -> None:
+    """Train one shard and write it as a complete shard file at ``path`` (an executor's unit).
+
+    Module level so that Ray workers can import it; sets up torch as ``build`` does, since a
+    worker is a fresh process.
+    """
+    torch.set_num_threads(int(shared["threads"]))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    data, tasks = shared["data"], shared["tasks"]
+    results = train_models(shard, data, device=shared["device"], progress=shared["progress"])
+    records = [_record(r, tasks[r.spec.task_id], data[r.spec.task_id]) for r in results]
+    write_shard_file(path, records, "staging")
+
+
 def build(
     config: str | os.PathLike | Mapping[str, Any],
     out: str | os.PathLike,
     overwrite: bool = False,
     progress: bool = True,
+    executor: str = "local",
+    address: str | None = None,
 ) -> Path:
-    """Build (or resume building) the model set of ``config`` into ``out``; returns ``out``."""
+    """Build (or resume building) the model set of ``config`` into ``out``; returns ``out``.
+
+    ``executor`` says where shards are trained: ``"local"`` (this process) or ``"ray"`` (a Ray
+    cluster at ``address``, or ``RAY_ADDRESS``, or a local instance). Either way this process
+    alone commits the shards into ``out``.
+    """
     cfg = load_config(config)
     out = Path(out)
     _setup_torch(cfg)
@@ -237,15 +260,14 @@ def build(
         data = load_task_tensors(tasks, cfg)
         bar = tqdm(total=len(specs), initial=len(specs) - sum(len(sh) for sh in todo),
                    desc="base models", unit="model", disable=not progress)  # fmt: skip
-        for shard in todo:
-            results = train_models(shard, data, device=device, progress=progress)
-            records = [
-                _record(r, by_id[r.spec.task_id], data[r.spec.task_id])
-                for r in results
-                if r.spec.model_id not in done
-            ]
-            w.write_shard(records)
-            bar.update(len(shard))
+        shared = {"data": data, "tasks": by_id, "device": device,
+                  "threads": int(cfg.get("threads", 1)), "progress": progress and executor == "local"}
+        staging = out.parent / f".{out.name}.staging"  # beside the set: the set checksums its files
+        with get_executor(executor, address=address) as runner:
+            for shard, path in runner.map_shards(train_shard, todo, staging, shared):
+                w.commit_shard_file(path)
+                path.unlink()
+                bar.update(len(shard))
         bar.close()
         timings["base_models_s"] = time.perf_counter() - t_start
 

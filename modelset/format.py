@@ -40,8 +40,10 @@ CARD_FILE = "README.md"
 CHECKSUMS_FILE = "SHA256SUMS"
 LOCK_FILE = ".lock"
 
-#: Files never listed in SHA256SUMS.
-UNCHECKED = {CHECKSUMS_FILE, LOCK_FILE}
+RELEASE_INDEX_FILE = "release.json"
+
+#: Files never listed in SHA256SUMS (a release's index lists SHA256SUMS itself).
+UNCHECKED = {CHECKSUMS_FILE, LOCK_FILE, RELEASE_INDEX_FILE}
 
 MODEL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
 

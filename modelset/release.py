@@ -31,13 +31,13 @@ from typing import Any
 from modelset import _io
 from modelset.cli import command
 from modelset.errors import ChecksumError, ExistsError, ModelSetError
-from modelset.format import CHECKSUMS_FILE, HEADER_FILE, LOCK_FILE, read_header
+from modelset.format import CHECKSUMS_FILE, HEADER_FILE, LOCK_FILE, RELEASE_INDEX_FILE, read_header
 
 __all__ = ["INDEX_FILE", "fetch", "pack", "read_index", "validate_index"]
 
 log = logging.getLogger(__name__)
 
-INDEX_FILE = "release.json"
+INDEX_FILE = RELEASE_INDEX_FILE
 RELEASE_FORMAT = "modelset-release"
 RELEASE_VERSION = 1
 #: Largest index accepted: an index lists files, it is never large.

@@ -129,8 +129,7 @@ def mini_shard(specs: list, shared: dict, path: Path) -> None:
 
 @pytest.mark.slow
 def test_mini_build_on_ray_equals_local_build(ray_cluster, tmp_path: Path) -> None:
-    from builders.build import build, load_config, load_task_tensors, plan_models, plan_shards
-    from builders.tasks import static_relations, tasks_frame, tasks_from_config
+    from builders.build import build, load_config
     from tests.test_fault_tolerance import _mini_config
 
     cfg = load_config(_mini_config())
@@ -138,18 +137,8 @@ def test_mini_build_on_ray_equals_local_build(ray_cluster, tmp_path: Path) -> No
         local = build(cfg, tmp_path / "local", progress=False)
     except modelset.errors.DataUnavailableError as exc:
         pytest.skip(f"Fashion-MNIST is not available here: {exc}")
-    tasks = tasks_from_config(cfg["tasks"])
-    shards = plan_shards(plan_models(cfg, tasks), int(cfg["shard_size"]))
-    shared = {"data": load_task_tensors(tasks, cfg), "tasks": {t.task_id: t for t in tasks}}
-    out = tmp_path / "ray"
-    with ModelSetWriter.open(out, name=str(cfg["name"]), config=cfg) as writer, RayExecutor() as executor:
-        writer.set_tasks(tasks_frame(tasks))
-        for name, frame in static_relations(tasks).items():
-            writer.set_relation(name, frame)
-        for _specs, path in executor.map_shards(mini_shard, shards, tmp_path / ".staging", shared):
-            writer.commit_shard_file(path)
-            path.unlink()
-        writer.finish()
+    out = build(cfg, tmp_path / "ray", progress=False, executor="ray")
+    assert not (tmp_path / ".ray.staging").exists() or not list((tmp_path / ".ray.staging").iterdir())
     assert modelset.verify(out)["models"] == len(modelset.open(local))
     with modelset.open(local) as a, modelset.open(out) as b:
         ids = sorted(a.metadata.index)
