@@ -13,6 +13,7 @@ baseline is the same network with its fixed strides, same budget and seed. The l
 from __future__ import annotations
 
 import json
+import logging
 import math
 from typing import Any
 
@@ -30,6 +31,11 @@ from builders.variants._common import (
 from builders.variants._registry import register_recipe
 from modelset.architectures import build_architecture
 from modelset.writer import ModelRecord
+
+log = logging.getLogger(__name__)
+
+#: How often a diverged run is retrained at half the learning rate before the recipe gives up.
+MAX_LR_HALVINGS = 3
 
 
 def train_from_scratch(
@@ -50,29 +56,43 @@ def train_from_scratch(
     given; NSL layers' distance from the identity is added to the loss with weight
     ``extra_loss_weight``. Returns the model, its initial weights and the hyper-parameter row.
     """
-    hp = parent.hparams()
-    torch.manual_seed(seed)
-    model = build_architecture(parent.architecture, arch_kwargs)
-    init = {k: v.clone() for k, v in model.state_dict().items()}
-    alphas = [p for n, p in model.named_parameters() if n.endswith(".alpha")]
-    weights = [p for n, p in model.named_parameters() if not n.endswith(".alpha")]
-    optimizers = [make_optimizer(weights, hp["optimizer"], hp["lr"], hp["weight_decay"])]
-    if alphas:
-        if alpha_lr is None:
-            raise VariantError(f"{parent.model_id!r}: shape adaptors need an alpha_lr")
-        # No weight decay on α: decay would pull every scale towards 0.75 regardless of the task.
-        optimizers.append(make_optimizer(alphas, alpha_optimizer, alpha_lr, 0.0))
-    extra_loss = None
-    if extra_loss_weight > 0:
-        nsl = [m for m in model.modules() if hasattr(m, "identity_deviation")]
-
-        def extra_loss() -> torch.Tensor:
-            return extra_loss_weight * sum(m.identity_deviation() for m in nsl)
-
     x, y = data.train_subset(n_train, seed)
-    train(model, x, y, epochs=epochs, batch_size=hp["batch_size"], optimizers=optimizers, seed=seed,
-          extra_loss=extra_loss)
+    hp = parent.hparams()
+    # A parent's learning rate can make a bilinear (NSL) network diverge; such a run is retrained
+    # from the same start with the rate halved. Runs that converge are untouched by this.
+    for halvings in range(MAX_LR_HALVINGS + 1):
+        torch.manual_seed(seed)
+        model = build_architecture(parent.architecture, arch_kwargs)
+        init = {k: v.clone() for k, v in model.state_dict().items()}
+        alphas = [p for n, p in model.named_parameters() if n.endswith(".alpha")]
+        weights = [p for n, p in model.named_parameters() if not n.endswith(".alpha")]
+        optimizers = [make_optimizer(weights, hp["optimizer"], hp["lr"], hp["weight_decay"])]
+        if alphas:
+            if alpha_lr is None:
+                raise VariantError(f"{parent.model_id!r}: shape adaptors need an alpha_lr")
+            # No weight decay on α: decay would pull every scale towards 0.75 regardless of the task.
+            optimizers.append(make_optimizer(alphas, alpha_optimizer, alpha_lr, 0.0))
+        extra_loss = None
+        if extra_loss_weight > 0:
+            nsl = [m for m in model.modules() if hasattr(m, "identity_deviation")]
+
+            def extra_loss(nsl: list[torch.nn.Module] = nsl) -> torch.Tensor:
+                return extra_loss_weight * sum(m.identity_deviation() for m in nsl)
+
+        loss = train(model, x, y, epochs=epochs, batch_size=hp["batch_size"], optimizers=optimizers,
+                     seed=seed, extra_loss=extra_loss)
+        finite = math.isfinite(loss) and all(bool(torch.isfinite(v).all()) for v in model.state_dict().values())
+        if finite:
+            break
+        if halvings == MAX_LR_HALVINGS:
+            raise VariantError(
+                f"{parent.model_id!r} with {arch_kwargs}: training diverged even at learning rate {hp['lr']:g}"
+            )
+        log.warning("%s %s diverged at lr %g; retraining at half the rate", parent.model_id, arch_kwargs, hp["lr"])
+        hp = dict(hp, lr=hp["lr"] / 2)
     row = {"epochs": epochs, "n_train": len(y), **hp}
+    if halvings:
+        row["lr_halvings"] = halvings
     return model, init, row
 
 
