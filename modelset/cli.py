@@ -61,8 +61,34 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("pack", "pack a built model set into a versioned release folder and .tar archive", lambda p: (
+    p.add_argument("path", help="model set folder"),
+    p.add_argument("--out", default="dist", help="folder receiving the release (default: dist)"),
+    p.add_argument("--no-archive", action="store_true", help="do not write the .tar archive"),
+))
+def _pack_cli(args: argparse.Namespace) -> int:
+    from modelset.release import INDEX_FILE, pack
+
+    target = pack(args.path, args.out, archive=not args.no_archive)
+    print(f"release written to {target} (index {target / INDEX_FILE}; archive {target}.tar)")
+    return 0
+
+
+@command("fetch", "download a release, verify every file and install it at DEST", lambda p: (
+    p.add_argument("url", help="release folder URL (or its release.json URL)"),
+    p.add_argument("dest", help="destination folder"),
+    p.add_argument("--retries", type=int, default=3),
+    p.add_argument("--overwrite", action="store_true", help="replace DEST if it holds something else"),
+))
+def _fetch_cli(args: argparse.Namespace) -> int:
+    from modelset.release import fetch
+
+    dest = fetch(args.url, args.dest, retries=args.retries, overwrite=args.overwrite, progress=True)
+    print(f"release fetched and verified into {dest}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    import modelset.release  # noqa: F401  (registers the pack and fetch commands)
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="python -m modelset", description=__doc__)

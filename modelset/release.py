@@ -15,7 +15,6 @@ hashes are validated before anything is written.
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import hashlib
 import json
@@ -29,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from modelset import _io
-from modelset.cli import command
 from modelset.errors import ChecksumError, ExistsError, ModelSetError
 from modelset.format import CHECKSUMS_FILE, HEADER_FILE, LOCK_FILE, RELEASE_INDEX_FILE, read_header
 
@@ -471,28 +469,3 @@ def _matches(dest: Path, entries: list[dict[str, Any]]) -> bool:
 def release_digest(folder: Path) -> str:
     """sha256 of a release's index file (to pin a release in a paper or a config)."""
     return hashlib.sha256((folder / INDEX_FILE).read_bytes()).hexdigest()
-
-
-# -- CLI ----------------------------------------------------------------------------------
-@command("pack", "pack a built model set into a versioned release folder and .tar archive", lambda p: (
-    p.add_argument("path", help="model set folder"),
-    p.add_argument("--out", default="dist", help="folder receiving the release (default: dist)"),
-    p.add_argument("--no-archive", action="store_true", help="do not write the .tar archive"),
-))
-def _pack_cli(args: argparse.Namespace) -> int:
-    target = pack(args.path, args.out, archive=not args.no_archive)
-    print(f"release written to {target} (index {target / INDEX_FILE}; archive {target}.tar)")
-    return 0
-
-
-@command("fetch", "download a release, verify every file and install it at DEST", lambda p: (
-    p.add_argument("url", help="release folder URL (or its release.json URL)"),
-    p.add_argument("dest", help="destination folder"),
-    p.add_argument("--retries", type=int, default=3),
-    p.add_argument("--overwrite", action="store_true", help="replace DEST if it holds something else"),
-))
-def _fetch_cli(args: argparse.Namespace) -> int:
-    dest = fetch(args.url, args.dest, retries=args.retries, overwrite=args.overwrite, progress=True)
-    print(f"release fetched and verified into {dest}")
-    return 0
-
