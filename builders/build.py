@@ -38,6 +38,7 @@ from builders.transfer import TransferConfig, protocol_text, transfer_affinity
 from builders.variants.flops import count_flops
 from modelset.architectures import build_architecture, canonical_kwargs
 from modelset.errors import SchemaError
+from modelset.format import RELATIONS_DIR, TASKS_FILE
 from modelset.shards import write_shard_file
 from modelset.tasks import Task, task_data
 from modelset.writer import ModelRecord, ModelSetWriter
@@ -252,6 +253,7 @@ def build(
         if not todo and w.header.get("complete"):
             log.info("%s is already complete (%d models); nothing to do", out, len(done))
             return out
+        measured = _measured_transfer(out)  # a resumed build keeps what it had measured
         # Tasks and static relations first, so a partial set is already usable.
         w.set_tasks(tasks_frame(tasks))
         for name, df in static_relations(tasks).items():
@@ -276,7 +278,12 @@ def build(
         tcfg = cfg.get("transfer") or {}
         if tcfg.get("enabled", False):
             t0 = time.perf_counter()
-            aff, scratch, text = _transfer(w, out, cfg, tasks, device, progress)
+            if measured is not None:
+                aff, scratch = measured
+                text = protocol_text(*_transfer_config(cfg))
+                log.info("transfer affinity already measured; kept")
+            else:
+                aff, scratch, text = _transfer(w, out, cfg, tasks, device, progress)
             w.set_relation("transfer_affinity", aff)
             tasks_df["scratch_accuracy"] = scratch.reindex(tasks_df.index)
             card["Transfer affinity protocol"] = text
@@ -312,6 +319,30 @@ def _build_text(cfg: Mapping[str, Any], tasks: Sequence[Task], specs: Sequence[T
     )
 
 
+def _transfer_config(cfg: Mapping[str, Any]) -> tuple[TransferConfig, int]:
+    tcfg = dict(cfg.get("transfer") or {})
+    n_sources = int(tcfg.pop("sources_per_task", 1))
+    return TransferConfig.from_dict(tcfg), n_sources
+
+
+def _measured_transfer(out: Path) -> tuple[pd.DataFrame, pd.Series] | None:
+    """Transfer affinity and scratch accuracies an interrupted build had already committed.
+
+    Both are deterministic for a config, so measuring them again would give the same numbers.
+    """
+    relation = out / RELATIONS_DIR / "transfer_affinity.csv"
+    tasks = out / TASKS_FILE
+    if not (relation.exists() and tasks.exists()):
+        return None
+    frame = pd.read_parquet(tasks)
+    if "scratch_accuracy" not in frame.columns:
+        return None
+    aff = pd.read_csv(relation, index_col=0)
+    aff.index = aff.index.astype(str)
+    aff.columns = aff.columns.astype(str)
+    return aff, frame["scratch_accuracy"]
+
+
 def _transfer(
     w: ModelSetWriter,
     out: Path,
@@ -322,9 +353,7 @@ def _transfer(
 ) -> tuple[pd.DataFrame, pd.Series, str]:
     import modelset
 
-    tcfg = dict(cfg.get("transfer") or {})
-    n_sources = int(tcfg.pop("sources_per_task", 1))
-    tc = TransferConfig.from_dict(tcfg)
+    tc, n_sources = _transfer_config(cfg)
     table = w.table.set_index("model_id")
     ms = modelset.open(out)
     sources: dict[str, list] = {}

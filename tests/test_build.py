@@ -195,3 +195,15 @@ def test_variants_hook_calls_registered_recipes(env: dict) -> None:
     )
     build(cfg, out, progress=False)  # resuming a finished set calls no recipe again
     assert len(calls) == 4 and len(modelset.open(out).metadata) == len(ms.metadata)
+
+
+@pytest.mark.slow
+def test_resume_keeps_measured_transfer_affinity(clean: Path) -> None:
+    from builders.build import _measured_transfer
+
+    ms = modelset.open(clean)
+    affinity, scratch = _measured_transfer(clean)
+    pd_testing = pytest.importorskip("pandas.testing")
+    pd_testing.assert_frame_equal(affinity, ms.relations["transfer_affinity"])
+    assert scratch.to_dict() == ms.tasks["scratch_accuracy"].to_dict()
+    assert _measured_transfer(clean.parent / "nowhere") is None
