@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 
 from lps.model import CONFIG_FILE, LPS
-from lps.weights import _expected_shapes
 from modelset.errors import InvalidParametersError, ModelSetError
+from modelset.shards import expected_shapes
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def match_architecture(ms, state: Mapping[str, torch.Tensor], source: str = "che
     signatures = ms.architectures().sort_values("models", ascending=False)
     best: tuple[int, str] | None = None
     for arch, kwargs, _ in signatures.itertuples(index=False):
-        expected = _expected_shapes(str(arch), str(kwargs))
+        expected = expected_shapes(str(arch), str(kwargs))
         if expected == found:
             return str(arch), str(kwargs)
         missing = sorted(set(expected) - set(found))

@@ -30,6 +30,7 @@ from torch import nn
 import modelset.architectures.resnet  # noqa: F401  (registers resnet_tiny, a zoo family)
 from modelset.architectures import build_architecture, canonical_kwargs
 from modelset.errors import InvalidParametersError
+from modelset.shards import expected_shapes
 
 LayoutFn = Callable[[str, dict[str, Any], Mapping[str, torch.Tensor]], "WeightSpace"]
 _LAYOUTS: dict[str, LayoutFn] = {}
@@ -150,7 +151,7 @@ class WeightSpace:
         architecture.
         """
         kwargs_json = canonical_kwargs(arch_kwargs)
-        expected = _expected_shapes(architecture, kwargs_json)
+        expected = expected_shapes(architecture, kwargs_json)
         found = {k: tuple(v.shape[1:]) for k, v in stacked.items()}
         missing = sorted(set(expected) - set(found))
         extra = sorted(set(found) - set(expected))
@@ -177,12 +178,6 @@ def register_layout(architecture: str) -> Callable[[LayoutFn], LayoutFn]:
         return fn
 
     return wrap
-
-
-@functools.lru_cache(maxsize=256)
-def _expected_shapes(architecture: str, kwargs_json: str) -> dict[str, tuple[int, ...]]:
-    module = build_architecture(architecture, kwargs_json)
-    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
 @functools.lru_cache(maxsize=64)
