@@ -43,12 +43,13 @@ def tiny_config() -> dict:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def env(tmp_path_factory: pytest.TempPathFactory):
     base = tmp_path_factory.mktemp("build")
-    os.environ["MODELSET_DATA_ROOT"] = str(base / "raw")
     cfg_path = base / "tiny.yaml"
     cfg_path.write_text(yaml.safe_dump(tiny_config()))
-    return {"base": base, "config": cfg_path}
+    with pytest.MonkeyPatch.context() as patch:  # this module's data root only
+        patch.setenv("MODELSET_DATA_ROOT", str(base / "raw"))
+        yield {"base": base, "config": cfg_path}
 
 
 def _build_cli(env: dict, out: Path) -> subprocess.Popen:
