@@ -30,7 +30,7 @@ from torch import nn
 import modelset.architectures.resnet  # noqa: F401  (registers resnet_tiny, a zoo family)
 from modelset.architectures import build_architecture, canonical_kwargs
 from modelset.errors import InvalidParametersError
-from modelset.shards import expected_shapes
+from modelset.shards import check_state_fits, expected_shapes
 
 LayoutFn = Callable[[str, dict[str, Any], Mapping[str, torch.Tensor]], "WeightSpace"]
 _LAYOUTS: dict[str, LayoutFn] = {}
@@ -152,20 +152,8 @@ class WeightSpace:
         """
         kwargs_json = canonical_kwargs(arch_kwargs)
         expected = expected_shapes(architecture, kwargs_json)
-        found = {k: tuple(v.shape[1:]) for k, v in stacked.items()}
-        missing = sorted(set(expected) - set(found))
-        extra = sorted(set(found) - set(expected))
-        if missing or extra:
-            raise InvalidParametersError(
-                f"weights do not fit architecture {architecture!r} {kwargs_json}: "
-                f"missing tensors {missing}, unexpected tensors {extra}"
-            )
-        for key, shape in expected.items():
-            if found[key] != shape:
-                raise InvalidParametersError(
-                    f"weights do not fit architecture {architecture!r} {kwargs_json}: tensor {key!r} "
-                    f"has shape {list(found[key])} per model, expected {list(shape)}"
-                )
+        per_model = {k: tuple(v.shape[1:]) for k, v in stacked.items()}
+        check_state_fits(f"weights per model ({kwargs_json})", per_model, expected, architecture)
         layout = _LAYOUTS.get(architecture, generic_layout)
         return layout(architecture, json.loads(kwargs_json), dict(stacked))
 

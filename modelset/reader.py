@@ -198,7 +198,8 @@ class ModelSet:
         # is never larger than what the shard really holds.
         state = self.state_dict(model_id, checkpoint)
         expected = expected_shapes(str(row["architecture"]), str(row["arch_kwargs"]))
-        check_state_fits(model_id, checkpoint, state, expected, str(row["architecture"]))
+        where = f"model {model_id!r}, checkpoint {checkpoint!r}"
+        check_state_fits(where, state, expected, str(row["architecture"]))
         module = build_architecture(str(row["architecture"]), str(row["arch_kwargs"]))
         module.load_state_dict(state, strict=True)
         return module.eval()

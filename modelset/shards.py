@@ -57,7 +57,7 @@ def validate_record(record: ModelRecord) -> None:
         raise SchemaError(f"model {mid!r}: checkpoints {sorted(record.checkpoints)} lack 'final'")
     expected = expected_shapes(record.architecture, canonical_kwargs(record.arch_kwargs))
     for ckpt, state in record.checkpoints.items():
-        check_state_fits(mid, ckpt, state, expected, record.architecture)
+        check_state_fits(f"model {mid!r}, checkpoint {ckpt!r}", state, expected, record.architecture)
         for key, tensor in state.items():
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise InvalidParametersError(
@@ -83,17 +83,18 @@ def expected_shapes(architecture: str, kwargs_json: str) -> dict[str, tuple[int,
 
 
 def check_state_fits(
-    model_id: str,
-    checkpoint: str,
+    where: str,
     shapes: Mapping[str, Any],
     expected: Mapping[str, tuple],
     architecture: str,
 ) -> None:
-    """Raise ``InvalidParametersError`` if ``shapes`` (tensors or shapes) do not fit ``expected``."""
+    """Raise ``InvalidParametersError`` if ``shapes`` (tensors or shapes) do not fit ``expected``.
+
+    ``where`` names what is checked in the message, e.g. ``"model 'm1', checkpoint 'final'"``.
+    """
     found = {k: tuple(getattr(v, "shape", v)) for k, v in shapes.items()}
     missing = sorted(set(expected) - set(found))
     extra = sorted(set(found) - set(expected))
-    where = f"model {model_id!r}, checkpoint {checkpoint!r}"
     if missing or extra:
         raise InvalidParametersError(
             f"{where} does not fit architecture {architecture!r}: "

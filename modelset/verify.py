@@ -87,7 +87,8 @@ def verify(path: str | os.PathLike, checksums: bool = True) -> dict[str, Any]:
                 )
             for checkpoint in str(group["checkpoints"].iloc[0]).split(","):
                 shapes = shard.shapes(int(block), checkpoint)
-                check_state_fits(str(group.index[0]), checkpoint, shapes, expected, architecture)
+                where = f"model {group.index[0]!r}, checkpoint {checkpoint!r}"
+                check_state_fits(where, shapes, expected, architecture)
                 ms.stacked(group.index.tolist(), checkpoint)  # reads all: fletcher32 + finiteness
         return {"files": files, "models": len(table), "shards": int(table["shard"].nunique()) if len(table) else 0}
     finally:
