@@ -104,6 +104,11 @@ class ModelSet:
             raise SchemaError(f"{path}: model table lacks required columns {missing}")
         # Column types the reader relies on to find parameters (a damaged table fails here, by name).
         for column in ("model_id", "architecture", "arch_kwargs", "shard", "checkpoints"):
+            empty = table[column].isna().to_numpy()
+            if empty.any():
+                named = "rows" if column == "model_id" else "models"
+                where = np.flatnonzero(empty) if column == "model_id" else table.loc[empty, "model_id"]
+                raise SchemaError(f"{path}: column {column!r} is empty for {named} {list(where[:5])}")
             kind = pd.api.types.infer_dtype(table[column], skipna=False)
             if len(table) and kind != "string":
                 raise SchemaError(f"{path}: column {column!r} must hold strings, found {kind} values")
@@ -208,48 +213,60 @@ class ModelSet:
         """Parameters of many models of one architecture: ``{key: (len(ids), *shape)}``.
 
         Reads each tensor of each shard block once (one contiguous read where the ids are
-        stored together), whatever the number of models.
+        stored together), whatever the number of models, straight into the result.
         """
         ids = list(model_ids)
         if not ids:
             raise ValueError("stacked() needs at least one model id")
-        rows = self.metadata.reindex(ids)
-        if rows["shard"].isna().any():
-            missing = next(i for i, s in zip(ids, rows["shard"]) if pd.isna(s))
-            self.row(missing)  # raises MissingModelError with a did-you-mean hint
-        signatures = rows[["architecture", "arch_kwargs"]].drop_duplicates()
+        loc = self._locator
+        pos = self.metadata.index.get_indexer(ids)
+        if (pos < 0).any():
+            self.row(ids[int(np.argmax(pos < 0))])  # raises MissingModelError with a did-you-mean hint
+        signatures = np.unique(loc.signature[pos])
         if len(signatures) > 1:
             raise SchemaError(
                 "stacked() needs models of one architecture; these ids span "
-                + "; ".join(f"{a} {k}" for a, k in signatures.itertuples(index=False))
+                + "; ".join(f"{a} {k}" for a, k in (loc.signatures[c] for c in signatures))
             )
-        for mid, ckpts in zip(ids, rows["checkpoints"]):
-            if checkpoint not in str(ckpts).split(","):
-                raise MissingModelError(f"model {mid!r} has no checkpoint {checkpoint!r}; it has {ckpts}")
-        out: dict[str, np.ndarray] = {}
-        positions = np.arange(len(ids))
-        for (shard_name, block), group in rows.assign(_pos=positions).groupby(["shard", "block"], sort=False):
-            shard = self._shard(str(shard_name))
-            what = f"models {list(group.index[:3])}{'...' if len(group) > 3 else ''}"
-            stored = np.asarray(shard.model_ids(int(block)), dtype=object)
-            where = group["index"].to_numpy(dtype=np.int64)
-            found = stored[np.minimum(where, len(stored) - 1)] if len(stored) else np.full(len(where), None)
-            wrong = (where >= len(stored)) | (found != group.index.to_numpy(dtype=object))
-            if wrong.any():  # vectorised: this runs for every chunk of a bulk read
-                mid, index = group.index[wrong.argmax()], where[wrong.argmax()]
+        for code in np.unique(loc.checkpoints[pos]):
+            if checkpoint not in loc.checkpoint_sets[code]:
+                mid = ids[int(np.argmax(loc.checkpoints[pos] == code))]
                 raise MissingModelError(
-                    f"{shard.path}: model {mid!r} is not at block {block}, index {index} "
+                    f"model {mid!r} has no checkpoint {checkpoint!r}; it has {','.join(loc.checkpoint_sets[code])}"
+                )
+        architecture, kwargs_json = loc.signatures[signatures[0]]
+        expected = expected_shapes(architecture, kwargs_json)
+        blocks = loc.block[pos]
+        order = np.argsort(blocks, kind="stable")
+        cuts = np.flatnonzero(np.diff(blocks[order])) + 1
+        out: dict[str, np.ndarray] | None = None
+        for rows in np.split(order, cuts):
+            shard_name, block = loc.blocks[blocks[rows[0]]]
+            shard = self._shard(shard_name)
+            group_ids = [ids[r] for r in rows[:3]]
+            what = f"models {group_ids}{'...' if len(rows) > 3 else ''}"
+            stored = np.asarray(shard.model_ids(block), dtype=object)
+            where = loc.index[pos[rows]]
+            found = stored[np.minimum(where, len(stored) - 1)] if len(stored) else np.full(len(where), None)
+            wrong = (where >= len(stored)) | (found != np.asarray(ids, dtype=object)[rows])
+            if wrong.any():  # vectorised: this runs for every chunk of a bulk read
+                bad = int(wrong.argmax())
+                raise MissingModelError(
+                    f"{shard.path}: model {ids[rows[bad]]!r} is not at block {block}, index {where[bad]} "
                     "where the table puts it (run verify)"
                 )
-            expected = expected_shapes(str(signatures.iloc[0, 0]), str(signatures.iloc[0, 1]))
-            arrays = shard.read(int(block), group["index"].astype(int).tolist(), checkpoint, what, expected)
-            for key, values in arrays.items():
-                if key not in out:
-                    out[key] = np.empty((len(ids), *values.shape[1:]), dtype=values.dtype)
-                out[key][group["_pos"].to_numpy()] = values
+            if out is None:
+                tensors = shard._check_layout(block, checkpoint, what, expected)
+                out = {t.name: np.empty((len(ids), *t.shape[1:]), dtype=t.dtype) for t in tensors}
+            shard.read(block, where, checkpoint, what, expected, out=out, rows=rows)
+        assert out is not None
         tensors = {k: torch.from_numpy(v) for k, v in out.items()}
         _check_finite(tensors, f"checkpoint {checkpoint!r} in {self.root}", ids)
         return tensors
+
+    @cached_property
+    def _locator(self) -> _Locator:
+        return _Locator(self.metadata)
 
     def iter_stacked(
         self, model_ids: Sequence[str], checkpoint: str = "final", chunk_size: int = 1024
@@ -273,8 +290,10 @@ class ModelSet:
         """Ask the kernel to start reading the shards of ``model_ids`` (a hint; errors ignored)."""
         if not hasattr(os, "posix_fadvise"):
             return
-        names = self.metadata["shard"].reindex(list(model_ids)).dropna().unique()
-        for name in names:
+        pos = self.metadata.index.get_indexer(list(model_ids))
+        loc = self._locator
+        names = {loc.blocks[code][0] for code in np.unique(loc.block[pos[pos >= 0]])}
+        for name in sorted(names):
             try:
                 shard_index(str(name))  # never touch files outside the set
                 fd = os.open(self.root / str(name), os.O_RDONLY)
@@ -317,6 +336,23 @@ class ModelSet:
                 str(k): round(float(v), 4) for k, v in acc.groupby(table["variant"]).mean().items()
             }
         return summary
+
+
+class _Locator:
+    """The model table's location columns as arrays, so a bulk read finds thousands of models
+    without pandas work per chunk. Signatures, blocks and checkpoint lists are coded as ints."""
+
+    def __init__(self, table: pd.DataFrame) -> None:
+        def codes(columns: list[str]) -> tuple[np.ndarray, list[tuple]]:
+            keys = list(zip(*(table[c].astype(str if c != "block" else int).tolist() for c in columns)))
+            values, inverse = pd.factorize(pd.Series(keys, dtype=object)) if keys else (np.zeros(0, int), [])
+            return np.asarray(values, dtype=np.int64), [tuple(k) for k in inverse]
+
+        self.signature, self.signatures = codes(["architecture", "arch_kwargs"])
+        self.block, self.blocks = codes(["shard", "block"])
+        self.checkpoints, names = codes(["checkpoints"])
+        self.checkpoint_sets = [tuple(n[0].split(",")) for n in names]
+        self.index = table["index"].to_numpy(dtype=np.int64)
 
 
 def _check_finite(

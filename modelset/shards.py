@@ -9,11 +9,12 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import h5py
 import numpy as np
 import torch
+from h5py import h5d, h5g, h5o, h5s
 
 from modelset.architectures import build_architecture, canonical_kwargs
 from modelset.errors import CorruptShardError, InvalidParametersError, ModelSetError, SchemaError
@@ -205,8 +206,26 @@ def read_shard_rows(path: Path) -> list[dict[str, Any]]:
         raise CorruptShardError(f"{path}: shard cannot be read ({exc})") from exc
 
 
+class StoredTensor(NamedTuple):
+    """One tensor of a block: its name, open HDF5 dataset, shape ``(n_models, *shape)`` and dtype."""
+
+    name: str
+    dataset: h5d.DatasetID
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+#: What h5py raises for a damaged file, a missing object or a failed filter (Fletcher-32).
+_H5_ERRORS = (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError, IndexError)
+
+
 class ShardReader:
-    """Read-only access to one shard; every h5py failure becomes ``CorruptShardError``."""
+    """Read-only access to one shard; every h5py failure becomes ``CorruptShardError``.
+
+    Parameters are read through h5py's low-level API, with each block's datasets opened and
+    checked once: on sets of many small blocks (pruned variants have a block each), the high-level
+    objects cost more than the reads themselves.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -217,33 +236,51 @@ class ShardReader:
         if self._h5.attrs.get("format") != SHARD_FORMAT_NAME:
             self._h5.close()
             raise CorruptShardError(f"{path}: not a model set shard (format attribute missing)")
-        self._ids: dict[int, list[str]] = {}  # committed shards never change: read ids once
+        # Committed shards never change: ids and checked layouts are read once.
+        self._ids: dict[int, list[str]] = {}
+        self._tensors: dict[tuple[int, str], list[StoredTensor]] = {}
+        self._checked: set[tuple[int, str]] = set()
 
     def close(self) -> None:
+        self._tensors.clear()
         self._h5.close()
 
-    def _group(self, block: int, checkpoint: str, what: str) -> h5py.Group:
+    def stored(self, block: int, checkpoint: str, what: str = "read") -> list[StoredTensor]:
+        """The tensors of ``checkpoint`` in ``block``, opened (no parameters are read)."""
+        key = (block, checkpoint)
+        if key in self._tensors:
+            return self._tensors[key]
+        # An empty or '/'-holding name would address another group (e.g. all checkpoints).
+        if not checkpoint or "/" in checkpoint or checkpoint in (".", ".."):
+            raise CorruptShardError(f"{self.path}: {what}: invalid checkpoint name {checkpoint!r}")
         try:
-            # An empty or '/'-holding name would address another group (e.g. all checkpoints).
-            if not checkpoint or "/" in checkpoint or checkpoint in (".", ".."):
-                raise KeyError(f"invalid checkpoint name {checkpoint!r}")
-            group = self._h5[f"blocks/{block:05d}/checkpoints/{checkpoint}"]
-            if not isinstance(group, h5py.Group):
-                raise ValueError("expected a group of tensors")
-            return group
-        except (KeyError, OSError, ValueError) as exc:
+            group = h5g.open(self._h5.id, f"blocks/{block:05d}/checkpoints/{checkpoint}".encode())
+        except _H5_ERRORS as exc:
             raise CorruptShardError(
                 f"{self.path}: {what}: block {block} has no checkpoint {checkpoint!r} ({exc})"
             ) from exc
+        tensors = []
+        try:
+            for name in group:
+                dataset = h5o.open(group, name)
+                if not isinstance(dataset, h5d.DatasetID):
+                    raise TypeError(f"{name.decode(errors='replace')!r} is not a tensor")
+                tensors.append(StoredTensor(name.decode(), dataset, tuple(dataset.shape), dataset.dtype))
+        except _H5_ERRORS as exc:
+            raise CorruptShardError(
+                f"{self.path}: {what}: block {block}, checkpoint {checkpoint!r} cannot be listed ({exc})"
+            ) from exc
+        self._tensors[key] = tensors
+        return tensors
 
     def _check_layout(
-        self, group: h5py.Group, block: int, checkpoint: str, what: str, expected: Mapping[str, tuple[int, ...]]
-    ) -> None:
+        self, block: int, checkpoint: str, what: str, expected: Mapping[str, tuple[int, ...]]
+    ) -> list[StoredTensor]:
+        tensors = self.stored(block, checkpoint, what)
+        if (block, checkpoint) in self._checked:
+            return tensors
         n_models = self.n_models(block)
-        try:
-            stored = {k: (tuple(d.shape), d.dtype) for k, d in group.items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise CorruptShardError(f"{self.path}: {what}: block {block} cannot be listed ({exc})") from exc
+        stored = {t.name: t for t in tensors}
         where = f"{self.path}: {what}: block {block}, checkpoint {checkpoint!r}"
         if set(stored) != set(expected):
             raise InvalidParametersError(
@@ -252,8 +289,8 @@ class ShardReader:
                 f"{sorted(set(expected) - set(stored))[:5]} are missing (run verify)"
             )
         for key, want in expected.items():
-            shape, dtype = stored[key]
-            if shape[1:] != tuple(want):
+            shape, dtype = stored[key].shape, stored[key].dtype
+            if len(shape) < 1 or shape[1:] != tuple(want):
                 raise InvalidParametersError(
                     f"{where} does not fit its architecture: tensor {key!r} has shape "
                     f"{list(shape[1:])}, expected {list(want)}"
@@ -264,6 +301,8 @@ class ShardReader:
                 )
             if dtype.kind not in "fiub":
                 raise CorruptShardError(f"{where}: tensor {key!r} has non-numeric dtype {dtype}")
+        self._checked.add((block, checkpoint))
+        return tensors
 
     def model_ids(self, block: int) -> list[str]:
         if block in self._ids:
@@ -275,11 +314,7 @@ class ShardReader:
             raise CorruptShardError(f"{self.path}: block {block} has no readable model ids ({exc})") from exc
 
     def shapes(self, block: int, checkpoint: str = "final") -> dict[str, tuple[int, ...]]:
-        group = self._group(block, checkpoint, "shapes")
-        try:
-            return {k: tuple(d.shape[1:]) for k, d in group.items()}
-        except (AttributeError, OSError, ValueError) as exc:  # a sub-group where a tensor belongs
-            raise CorruptShardError(f"{self.path}: block {block}, checkpoint {checkpoint!r}: not a tensor ({exc})") from exc
+        return {t.name: t.shape[1:] for t in self.stored(block, checkpoint, "shapes")}
 
     def n_models(self, block: int) -> int:
         return len(self.model_ids(block))
@@ -291,41 +326,75 @@ class ShardReader:
         checkpoint: str,
         what: str,
         expected: Mapping[str, tuple[int, ...]] | None = None,
+        out: dict[str, np.ndarray] | None = None,
+        rows: Sequence[int] | None = None,
     ) -> dict[str, np.ndarray]:
         """Tensors of the models at ``indices`` of ``block``: ``{key: (len(indices), *shape)}``.
 
-        A run of consecutive indices is one slice read per tensor; otherwise the sorted indices
-        are read in one selection and put back in the asked order. With ``expected`` (the
-        architecture's shapes), stored keys, shapes and dtypes are checked before anything is
-        read, so a damaged shard declaring huge datasets never allocates them.
+        With ``out`` (arrays of many models) and ``rows``, the tensors are written to
+        ``out[key][rows]`` instead, and ``out`` is returned. A run of consecutive indices going
+        to consecutive rows is one read per tensor straight into place; other selections are read
+        in index order and then scattered. With ``expected`` (the architecture's shapes), stored
+        keys, shapes and dtypes are checked before anything is read, so a damaged shard declaring
+        huge datasets never allocates them.
         """
-        group = self._group(block, checkpoint, what)
         if expected is not None:
-            self._check_layout(group, block, checkpoint, what, expected)
-        idx = np.asarray(indices, dtype=np.int64)
-        order = np.argsort(idx, kind="stable")
-        sorted_idx = idx[order]
-        contiguous = len(idx) > 0 and sorted_idx[-1] - sorted_idx[0] + 1 == len(idx) and np.all(np.diff(sorted_idx) == 1)
-        out: dict[str, np.ndarray] = {}
+            tensors = self._check_layout(block, checkpoint, what, expected)
+        else:
+            tensors = self.stored(block, checkpoint, what)
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        dest = np.arange(len(idx)) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
+        if len(dest) != len(idx):
+            raise ValueError(f"read: {len(idx)} indices but {len(dest)} destination rows")
+        if out is None:
+            out = {t.name: np.empty((len(idx), *t.shape[1:]), dtype=t.dtype) for t in tensors}
+        if not len(idx):
+            return out
+        in_order = _is_run(idx) and _is_run(dest)
+        unique, inverse = (idx, None) if in_order else np.unique(idx, return_inverse=True)
         try:
-            for key, dataset in group.items():
-                if contiguous and np.all(order == np.arange(len(order))):
-                    # The common bulk case: read straight into the result, no reordering copy.
-                    data = np.empty((len(idx), *dataset.shape[1:]), dtype=dataset.dtype)
-                    if len(idx):
-                        dataset.read_direct(data, np.s_[int(sorted_idx[0]) : int(sorted_idx[-1]) + 1])
-                    out[key] = data
+            for tensor in tensors:
+                if unique[0] < 0 or unique[-1] >= tensor.shape[0]:
+                    raise IndexError(f"model index {int(unique[-1])} outside the {tensor.shape[0]} stored")
+                target = out[tensor.name]
+                if in_order and target.dtype == tensor.dtype and target.flags.c_contiguous:
+                    _read_rows(tensor, int(idx[0]), len(idx), target, int(dest[0]))
                     continue
-                if contiguous:
-                    data = dataset[int(sorted_idx[0]) : int(sorted_idx[-1]) + 1]
-                elif len(np.unique(sorted_idx)) == len(sorted_idx):
-                    data = dataset[sorted_idx]
-                else:
-                    unique, inverse = np.unique(sorted_idx, return_inverse=True)
-                    data = dataset[unique][inverse]
-                restored = np.empty_like(data)
-                restored[order] = data
-                out[key] = restored
-        except (OSError, ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
-            raise CorruptShardError(f"{self.path}: {what}: cannot read block {block} ({exc}); run verify") from exc
+                values = np.empty((len(unique), *tensor.shape[1:]), dtype=tensor.dtype)
+                _read_rows(tensor, unique, len(unique), values, 0)
+                target[dest] = values if inverse is None else values[inverse]
+        except _H5_ERRORS as exc:
+            raise CorruptShardError(
+                f"{self.path}: {what}: cannot read block {block} ({exc}); run verify"
+            ) from exc
         return out
+
+
+def _is_run(values: np.ndarray) -> bool:
+    """True if ``values`` are consecutive ascending integers."""
+    return bool(
+        values[-1] - values[0] + 1 == len(values) and (len(values) < 2 or np.all(np.diff(values) == 1))
+    )
+
+
+def _read_rows(
+    tensor: StoredTensor, source: int | np.ndarray, count: int, target: np.ndarray, start: int
+) -> None:
+    """Read ``count`` rows of ``tensor`` (from row ``source``, or the sorted unique rows
+    ``source``) into ``target[start : start + count]``: one HDF5 read, no intermediate copy."""
+    inner = tensor.shape[1:]
+    if count == 0 or 0 in inner:
+        return
+    zeros = (0,) * len(inner)
+    file_space = tensor.dataset.get_space()
+    if isinstance(source, int):
+        file_space.select_hyperslab((source, *zeros), (count, *inner))
+    else:
+        runs = np.flatnonzero(np.diff(source) != 1) + 1
+        starts, ends = np.r_[0, runs], np.r_[runs, len(source)]
+        file_space.select_none()
+        for a, b in zip(starts.tolist(), ends.tolist()):
+            file_space.select_hyperslab((int(source[a]), *zeros), (b - a, *inner), op=h5s.SELECT_OR)
+    memory_space = h5s.create_simple(target.shape)
+    memory_space.select_hyperslab((start, *zeros), (count, *inner))
+    tensor.dataset.read(memory_space, file_space, target)

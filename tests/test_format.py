@@ -113,6 +113,23 @@ def test_stacked_reads_many_models_in_order(toy: Path, records) -> None:
         ms.stacked(["m000", "m005"])
 
 
+@pytest.mark.parametrize(
+    "ids",
+    [
+        ["m003", "m002", "m001", "m000"],  # reversed: read in stored order, then put back
+        ["m000", "m002", "m003", "m000"],  # a gap and a repeat within one block
+        ["m004", "m001", "m004", "m003", "m000"],  # two shards, repeats, no run at all
+    ],
+)
+def test_stacked_matches_state_dict_for_any_selection(toy: Path, ids: list[str]) -> None:
+    ms = modelset.open(toy)
+    for checkpoint in ("init", "final"):
+        stacked = ms.stacked(ids, checkpoint)
+        for i, mid in enumerate(ids):
+            for key, tensor in ms.state_dict(mid, checkpoint).items():
+                assert torch.equal(stacked[key][i], tensor), (mid, checkpoint, key)
+
+
 def test_torch_datasets(toy: Path) -> None:
     ms = modelset.open(toy)
     ds = ModelDataset(ms, ["m000", "m001", "m002"])
@@ -303,6 +320,17 @@ def test_parameters_that_do_not_fit_the_architecture(toy: Path) -> None:
     _rewrite_table(toy, misname)
     with pytest.raises(UnknownNameError, match="Did you mean 'cnn3'"):
         modelset.open(toy).model("m001")
+
+
+@pytest.mark.parametrize("column", ["shard", "architecture", "checkpoints"])
+def test_empty_location_cell_names_column_and_model(toy: Path, column: str) -> None:
+    def blank(table: pd.DataFrame) -> None:
+        table[column] = table[column].astype(object)
+        table.loc[table["model_id"] == "m002", column] = None
+
+    _rewrite_table(toy, blank)
+    with pytest.raises(SchemaError, match=rf"models.parquet: column '{column}' is empty for models \['m002'\]"):
+        modelset.open(toy)
 
 
 def test_corrupt_table_and_relation(toy: Path) -> None:
