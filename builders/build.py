@@ -387,7 +387,9 @@ def _kwargs(value: Any) -> dict[str, Any]:
 def _variants(
     w: ModelSetWriter, out: Path, cfg: Mapping[str, Any], tasks: Sequence[Task], progress: bool
 ) -> None:
-    """Apply each ``variants:`` entry's recipe to its parents; one shard per (entry, parent).
+    """Apply each ``variants:`` entry's recipe to its parents; one shard per entry, so that the
+    variants of all parents that share an architecture signature are one block (a bulk read of
+    them is one read per tensor, not one per parent).
 
     Entry fields: ``recipe`` (a name of ``builders.variants``), ``parents`` (``per_task``: how many
     base models per task, first by id; ``architecture``: default cnn3), ``seed``, ``params``
@@ -416,9 +418,9 @@ def _variants(
         finished = set()
         if "recipe" in table.columns:
             finished = set(table.loc[table["recipe"] == key, "parent_id"])
-        for pi, pid in enumerate(tqdm(parents, desc=f"variants {key}", disable=not progress)):
-            if pid in finished:
-                continue
+        todo = [(pi, pid) for pi, pid in enumerate(parents) if pid not in finished]
+        shard: list = []
+        for pi, pid in tqdm(todo, desc=f"variants {key}", disable=not progress):
             row = ms.metadata.loc[pid]
             parent = variant_registry.Parent(
                 model_id=pid,
@@ -433,4 +435,6 @@ def _variants(
                 rec.row["recipe"] = key
                 rec.row.setdefault("test_size", int(vdata[str(row["task"])].y_test.shape[0]))
                 rec.row.setdefault("parent_id", pid)
-            w.write_shard(records)
+            shard.extend(records)
+        if shard:
+            w.write_shard(shard)

@@ -33,6 +33,15 @@ def test_mini_set_is_complete_and_verified(mini_set: modelset.ModelSet) -> None:
         assert np.allclose(matrix, matrix.T)
 
 
+def test_variants_of_one_recipe_share_a_shard_and_blocks(mini_set: modelset.ModelSet) -> None:
+    variants = mini_set.metadata[mini_set.metadata["variant"] != "base"]
+    assert variants["parent_id"].nunique() > 1  # several parents, else this proves nothing
+    for recipe, rows in variants.groupby("recipe"):
+        assert rows["shard"].nunique() == 1, recipe
+        per_signature = rows.groupby(["architecture", "arch_kwargs"])["block"].nunique()
+        assert (per_signature == 1).all(), recipe
+
+
 def test_every_model_reproduces_its_recorded_accuracy(mini_set: modelset.ModelSet) -> None:
     meta = mini_set.metadata
     for task_id, rows in meta.groupby("task"):
