@@ -224,9 +224,11 @@ class ModelSet:
             self.row(ids[int(np.argmax(pos < 0))])  # raises MissingModelError with a did-you-mean hint
         signatures = np.unique(loc.signature[pos])
         if len(signatures) > 1:
+            shown = "; ".join(f"{a} {k}" for a, k in (loc.signatures[c] for c in signatures[:3]))
             raise SchemaError(
-                "stacked() needs models of one architecture; these ids span "
-                + "; ".join(f"{a} {k}" for a, k in (loc.signatures[c] for c in signatures))
+                f"stacked() needs models of one architecture; these ids span {len(signatures)} "
+                f"signatures: {shown}{'; ...' if len(signatures) > 3 else ''} (group them by the "
+                "table's architecture and arch_kwargs columns)"
             )
         for code in np.unique(loc.checkpoints[pos]):
             if checkpoint not in loc.checkpoint_sets[code]:

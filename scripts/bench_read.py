@@ -74,10 +74,13 @@ def main() -> int:
         root = Path(args.zoo) if args.zoo else write_synthetic(work / "set", args.models, n_tasks=20, seed=0)
         ms = modelset.open(root)
         ids = list(ms.metadata.index)
+        # Bulk reads stack one architecture signature at a time, as LPS and the benchmarks do.
+        groups = [list(g.index) for _, g in ms.metadata.groupby(["architecture", "arch_kwargs"], sort=False)]
         n_bytes = 0
         per_model = work / "per_model"
         per_model.mkdir()
-        for chunk, stacked in tqdm(list(ms.iter_stacked(ids, chunk_size=args.chunk_size)), desc="per-model files"):
+        chunks = [c for g in groups for c in ms.iter_stacked(g, chunk_size=args.chunk_size)]
+        for chunk, stacked in tqdm(chunks, desc="per-model files"):
             for i, mid in enumerate(chunk):
                 state = {k: v[i].clone() for k, v in stacked.items()}
                 n_bytes += sum(t.numel() * t.element_size() for t in state.values())
@@ -87,8 +90,9 @@ def main() -> int:
         buffer = bytearray(max(p.stat().st_size for p in shard_files))
 
         def bulk() -> None:
-            for _chunk, _stacked in ms.iter_stacked(ids, chunk_size=args.chunk_size):
-                pass
+            for group in groups:
+                for _chunk, _stacked in ms.iter_stacked(group, chunk_size=args.chunk_size):
+                    pass
 
         def per_file() -> None:
             for mid in ids:
