@@ -383,7 +383,14 @@ def _read_rows(
     """Read ``count`` rows of ``tensor`` (from row ``source``, or the sorted unique rows
     ``source``) into ``target[start : start + count]``: one HDF5 read, no intermediate copy."""
     inner = tensor.shape[1:]
+    view = target[start : start + count]  # C-contiguous: rows of a C-contiguous array
+    if view.shape != (count, *inner) or not view.flags.c_contiguous:
+        raise ValueError(f"destination {view.shape} does not hold {count} rows of {inner}")
     if count == 0 or 0 in inner:
+        return
+    if isinstance(source, int) and source == 0 and count == tensor.shape[0]:
+        # The whole block: no selections to build, which costs more than a small read.
+        tensor.dataset.read(h5s.ALL, h5s.ALL, view)
         return
     zeros = (0,) * len(inner)
     file_space = tensor.dataset.get_space()
@@ -395,6 +402,4 @@ def _read_rows(
         file_space.select_none()
         for a, b in zip(starts.tolist(), ends.tolist()):
             file_space.select_hyperslab((int(source[a]), *zeros), (b - a, *inner), op=h5s.SELECT_OR)
-    memory_space = h5s.create_simple(target.shape)
-    memory_space.select_hyperslab((start, *zeros), (count, *inner))
-    tensor.dataset.read(memory_space, file_space, target)
+    tensor.dataset.read(h5s.create_simple(view.shape), file_space, view)
