@@ -260,7 +260,12 @@ def _forward_cnn3(
 
 
 class _Stack:
-    """Stacked parameters, buffers and optimizer state of the models being trained."""
+    """Stacked parameters, buffers and optimizer state of the models being trained.
+
+    All parameters of a model are one row of ``flat`` ``(M, P)`` (heads padded to ``kmax``
+    classes), so the optimizer updates every model and parameter in a few tensor operations;
+    :attr:`params` gives each parameter as an ``(M, *shape)`` view of those rows.
+    """
 
     def __init__(
         self,
@@ -280,10 +285,10 @@ class _Stack:
         self.inits = [{k: v.detach().clone() for k, v in mdl.state_dict().items()} for mdl in models]
         self.param_names = [n for n, _ in models[0].named_parameters()]
         self.buffer_names = [n for n, _ in models[0].named_buffers()]
-        self.params: dict[str, torch.Tensor] = {}
-        for name in self.param_names:
-            self.params[name] = self._stack([dict(mdl.named_parameters())[name] for mdl in models])
-            self.params[name] = self.params[name].to(device).requires_grad_()
+        stacked = [self._stack([dict(mdl.named_parameters())[n] for mdl in models]) for n in self.param_names]
+        self.param_shapes = [tuple(t.shape[1:]) for t in stacked]
+        self.param_sizes = [t[0].numel() for t in stacked]
+        self.flat = torch.cat([t.reshape(len(specs), -1) for t in stacked], 1).to(device).requires_grad_()
         self.buffers = {
             name: self._stack([dict(mdl.named_buffers())[name] for mdl in models]).to(device)
             for name in self.buffer_names
@@ -295,9 +300,9 @@ class _Stack:
         for i, s in enumerate(specs):
             self.class_mask[i, 0, s.num_classes :] = float("-inf")
         # Optimizer state for every model; rows of the other optimizer are simply unused.
-        self.momentum = {n: torch.zeros_like(p) for n, p in self.params.items()}
-        self.exp_avg = {n: torch.zeros_like(p) for n, p in self.params.items()}
-        self.exp_avg_sq = {n: torch.zeros_like(p) for n, p in self.params.items()}
+        self.momentum = torch.zeros_like(self.flat)
+        self.exp_avg = torch.zeros_like(self.flat)
+        self.exp_avg_sq = torch.zeros_like(self.flat)
         self.lr = torch.tensor([s.lr for s in specs], device=device)
         self.wd = torch.tensor([s.weight_decay for s in specs], device=device)
         self.is_adam = torch.tensor([s.optimizer == "adam" for s in specs], device=device)
@@ -311,6 +316,15 @@ class _Stack:
                 out[i, : t.shape[0]] = t.detach()
             return out
         return torch.stack([t.detach() for t in tensors])
+
+    @property
+    def params(self) -> dict[str, torch.Tensor]:
+        """Each parameter as an ``(M, *shape)`` view of the rows of ``flat``."""
+        chunks = self.flat.split(self.param_sizes, dim=1)
+        return {
+            name: chunk.view(chunk.shape[0], *shape)
+            for name, chunk, shape in zip(self.param_names, chunks, self.param_shapes)
+        }
 
     def forward(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         """``x`` ``(M, B, C, H, W)`` → masked logits ``(M, B, kmax)``."""
@@ -335,40 +349,50 @@ class _Stack:
         b1, b2 = ADAM_BETAS
         any_adam = bool(self.is_adam.any())
         any_sgd = not bool(self.is_adam.all())
-        for name, p in self.params.items():
-            shape = (-1,) + (1,) * (p.ndim - 1)
-            g = p.grad + self.wd.view(shape) * p
-            upd = g
-            if any_sgd:
-                upd = self.momentum[name].mul_(MOMENTUM).add_(g)
-            if any_adam:
-                m1, m2 = self.exp_avg[name], self.exp_avg_sq[name]
-                m1.mul_(b1).add_(g, alpha=1 - b1)
-                m2.mul_(b2).addcmul_(g, g, value=1 - b2)
-                denom = (m2 / (1 - b2**step_no)).sqrt_().add_(ADAM_EPS)
-                adam_upd = (m1 / (1 - b1**step_no)).div_(denom)
-                upd = torch.where(self.is_adam.view(shape), adam_upd, upd) if any_sgd else adam_upd
-            p.sub_((self.lr * lr_factor).view(shape) * upd)
-            p.grad = None
+        p = self.flat
+        g = p.grad + self.wd.unsqueeze(1) * p
+        upd = g
+        if any_sgd:
+            upd = self.momentum.mul_(MOMENTUM).add_(g)
+        if any_adam:
+            m1, m2 = self.exp_avg, self.exp_avg_sq
+            m1.mul_(b1).add_(g, alpha=1 - b1)
+            m2.mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = (m2 / (1 - b2**step_no)).sqrt_().add_(ADAM_EPS)
+            adam_upd = (m1 / (1 - b1**step_no)).div_(denom)
+            upd = torch.where(self.is_adam.unsqueeze(1), adam_upd, upd) if any_sgd else adam_upd
+        p.sub_((self.lr * lr_factor).unsqueeze(1) * upd)
+        p.grad = None
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep only the models at positions ``keep`` (finished ones leave the stack)."""
         self.specs = [self.specs[i] for i in keep.tolist()]
         self.inits = [self.inits[i] for i in keep.tolist()]
-        for d in (self.momentum, self.exp_avg, self.exp_avg_sq, self.buffers):
-            for k in d:
-                d[k] = d[k][keep]
-        for k in self.params:
-            self.params[k] = self.params[k].detach()[keep].requires_grad_()
+        self.momentum, self.exp_avg = self.momentum[keep], self.exp_avg[keep]
+        self.exp_avg_sq = self.exp_avg_sq[keep]
+        self.buffers = {k: v[keep] for k, v in self.buffers.items()}
+        self.flat = self.flat.detach()[keep].requires_grad_()
         self.class_mask = self.class_mask[keep]
         self.lr, self.wd, self.is_adam = self.lr[keep], self.wd[keep], self.is_adam[keep]
+
+    def subset(self, positions: list[int]) -> _Stack:
+        """The models at ``positions``, detached from autograd (for evaluation and results)."""
+        idx = torch.tensor(positions, device=self.flat.device)
+        sub = copy.copy(self)
+        sub.flat = self.flat.detach()[idx]
+        sub.buffers = {k: v[idx] for k, v in self.buffers.items()}
+        sub.class_mask = self.class_mask[idx]
+        sub.specs = [self.specs[j] for j in positions]
+        sub.inits = [self.inits[j] for j in positions]
+        return sub
 
     def state_dict(self, i: int) -> dict[str, torch.Tensor]:
         """Model ``i``'s state dict, head cut back to its own classes, on the CPU."""
         k = self.specs[i].num_classes
         out: dict[str, torch.Tensor] = {}
+        params = self.params
         for name in self.inits[i]:
-            src = self.params[name] if name in self.params else self.buffers[name]
+            src = params[name] if name in params else self.buffers[name]
             t = src[i].detach()
             ref = self.inits[i][name]
             if t.shape != ref.shape:
@@ -493,13 +517,7 @@ def _finish(
     dev: torch.device,
 ) -> None:
     """Evaluate the finished models (stack positions ``done``) and record their results."""
-    keep = torch.tensor(done, device=dev)
-    sub = copy.copy(stack)
-    sub.params = {k: v.detach()[keep] for k, v in stack.params.items()}
-    sub.buffers = {k: v[keep] for k, v in stack.buffers.items()}
-    sub.class_mask = stack.class_mask[keep]
-    sub.specs = [stack.specs[j] for j in done]
-    sub.inits = [stack.inits[j] for j in done]
+    sub = stack.subset(done)
     accs = evaluate_stack(sub, data, dev)
     for pos, j in enumerate(done):
         i = order[j]
@@ -523,23 +541,15 @@ def evaluate_stack(stack: _Stack, data: Mapping[str, TaskTensors], dev: torch.de
     correct = [0] * len(stack.specs)
     for task in sorted({s.task_id for s in stack.specs}):
         members = [j for j, s in enumerate(stack.specs) if s.task_id == task]
+        sub = stack.subset(members)
         d = data[task]
         chunk = max(1, EVAL_IMAGES_PER_CALL // len(members))
         for i in range(0, d.x_test.shape[0], chunk):
             xb = d.x_test[i : i + chunk].to(dev)
             x = xb.unsqueeze(0).expand(len(members), *xb.shape)
-            logits = _forward_subset(stack, members, x)
+            logits = sub.forward(x, train=False)
             pred = logits.argmax(-1).cpu()  # (m, b)
             hits = (pred == d.y_test[i : i + chunk]).sum(1)
             for pos, j in enumerate(members):
                 correct[j] += int(hits[pos])
     return [c / max(1, data[s.task_id].x_test.shape[0]) for c, s in zip(correct, stack.specs)]
-
-
-def _forward_subset(stack: _Stack, members: list[int], x: torch.Tensor) -> torch.Tensor:
-    idx = torch.tensor(members, device=x.device)
-    sub = copy.copy(stack)
-    sub.params = {k: v.detach()[idx] for k, v in stack.params.items()}
-    sub.buffers = {k: v[idx] for k, v in stack.buffers.items()}
-    sub.class_mask = stack.class_mask[idx]
-    return sub.forward(x, train=False)
