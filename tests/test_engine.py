@@ -6,8 +6,9 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from builders.engine import TaskTensors, TrainSpec, train_models, train_plain
+from builders.engine import TaskTensors, TrainSpec, _FirstConv, train_models, train_plain
 
 
 def _task(k: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,3 +119,23 @@ def test_engine_validates_its_group(data) -> None:
     with pytest.raises(KeyError, match="task 'zz'"):
         train_models([TrainSpec("w", "zz", "cnn3", {"num_classes": 3}, 0, 0.1, 0.0, 32, "sgd", 1)],
                      data, progress=False)  # fmt: skip
+
+
+@pytest.mark.parametrize(("channels", "stride", "size"), [(1, 2, (28, 28)), (3, 1, (9, 7)), (3, 2, (9, 7))])
+def test_stacked_first_conv_matches_per_model_conv(channels: int, stride: int, size: tuple) -> None:
+    """The engine's im2col first layer gives each model's own conv2d output and gradients."""
+    g = torch.Generator().manual_seed(0)
+    m, b, o = 3, 4, 5
+    x = torch.randn(m, b, channels, *size, generator=g)
+    w = torch.randn(m, o, channels, 3, 3, generator=g).requires_grad_()
+    bias = torch.randn(m, o, generator=g).requires_grad_()
+    out = _FirstConv.apply(x, w, bias, stride)  # (B, M*O, Ho, Wo)
+    refs = [F.conv2d(x[i], w[i], bias[i], stride=stride, padding=1) for i in range(m)]
+    assert out.shape == (b, m * o, *refs[0].shape[2:])
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, torch.cat(refs, 1), rtol=1e-5, atol=1e-5)
+    upstream = torch.randn(out.shape, generator=g)
+    grad_w, grad_b = torch.autograd.grad((out * upstream).sum(), (w, bias))
+    ref_w, ref_b = torch.autograd.grad((torch.cat(refs, 1) * upstream).sum(), (w, bias))
+    torch.testing.assert_close(grad_w, ref_w, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(grad_b, ref_b, rtol=1e-4, atol=1e-4)
