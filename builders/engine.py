@@ -51,7 +51,7 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 EVAL_BATCH = 1000
 # Test images per model and stacked eval call: all models' activations stay cache-sized.
-EVAL_IMAGES_PER_CALL = 1024
+EVAL_IMAGES_PER_CALL = 512
 # Blocks below this size come from the heap, and up to TRIM_THRESHOLD of free heap is kept
 # (see _keep_freed_memory_in_process).
 MMAP_THRESHOLD = 64 * 2**20
@@ -261,26 +261,33 @@ class _FirstConv(torch.autograd.Function):
         ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
         padded = F.pad(x, (1, 1, 1, 1))
         span_h, span_w = stride * (ho - 1) + 1, stride * (wo - 1) + 1
-        cols = x.new_empty(m, c, 9, b, ho, wo)  # rows in the (c, ky, kx) order of the weight
+        # Rows in the (c, ky, kx) order of the weight, then a row of ones that applies the bias:
+        # adding it separately would be one more pass over the layer's largest activation.
+        cols = x.new_empty(m, c * 9 + 1, b, ho, wo)
+        taps_of = cols[:, :-1].view(m, c, 9, b, ho, wo)
         for ky in range(3):
             for kx in range(3):
                 taps = padded[..., ky : ky + span_h : stride, kx : kx + span_w : stride]
-                cols[:, :, 3 * ky + kx] = taps.transpose(1, 2)
-        cols = cols.view(m, c * 9, b * ho * wo)
+                taps_of[:, :, 3 * ky + kx] = taps.transpose(1, 2)
+        cols[:, -1] = 1.0
+        cols = cols.view(m, c * 9 + 1, b * ho * wo)
+        weight_and_bias = torch.cat([weight.reshape(m, o, c * 9), bias.unsqueeze(2)], 2)
         out = torch.empty(b, m * o, ho, wo, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
         per_model = out.permute(0, 2, 3, 1).view(b * ho * wo, m, o).transpose(0, 1)  # (M, B*Ho*Wo, O)
-        torch.baddbmm(bias.unsqueeze(1), cols.mT, weight.reshape(m, o, c * 9).mT, out=per_model)
+        # In place with beta=0 (the empty memory is ignored): one matmul per model straight into
+        # the strided view; bmm(out=) into a strided view takes a slow generic path instead.
+        per_model.baddbmm_(cols.mT, weight_and_bias.mT, beta=0)
         ctx.save_for_backward(cols)
-        ctx.shapes = (weight.shape, (m, b * ho * wo, o))
+        ctx.w_shape = weight.shape
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor, torch.Tensor, None]:
         (cols,) = ctx.saved_tensors
-        w_shape, (m, n, o) = ctx.shapes
-        per_model = grad.permute(0, 2, 3, 1).reshape(n, m, o).transpose(0, 1)  # (M, B*Ho*Wo, O)
-        grad_w = torch.bmm(cols, per_model).mT.reshape(w_shape)
-        return None, grad_w, per_model.sum(1), None
+        m, o = ctx.w_shape[:2]
+        per_model = grad.permute(0, 2, 3, 1).reshape(-1, m, o).transpose(0, 1)  # (M, B*Ho*Wo, O)
+        grad_wb = torch.bmm(cols, per_model)  # (M, C*9 + 1, O)
+        return None, grad_wb[:, :-1].mT.reshape(ctx.w_shape), grad_wb[:, -1], None
 
 
 def _forward_cnn3(
