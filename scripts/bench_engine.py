@@ -4,7 +4,9 @@ Both train the same models (same initialization, data order, optimizer and sched
 Fashion-MNIST task slice; the script prints model-epochs per second of each, the speed-up, the
 test accuracies of both (they must agree within 1 point), and the engine's achieved GFLOP/s
 (FLOPs of forward + backward counted by ``torch.utils.flop_counter``) against a measured matmul
-peak at the same thread count.
+peak at the same thread count. The engine keeps freed memory in the process (a glibc allocator
+setting, see ``builders.engine``); the plain loop is timed after it in the same process, so both
+run with the same allocator.
 
     python scripts/bench_engine.py --models 16 --threads 2
 """
