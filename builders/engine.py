@@ -50,6 +50,8 @@ MOMENTUM = 0.9
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 EVAL_BATCH = 1000
+#: cnn3 layer options the stacked kernel implements (``modelset.architectures.cnn``).
+CNN3_PLAIN_LAYERS = {"conv": "conv", "downsample": "stride"}
 # Test images per model and stacked eval call: all models' activations stay cache-sized.
 EVAL_IMAGES_PER_CALL = 512
 # Blocks below this size come from the heap, and up to TRIM_THRESHOLD of free heap is kept
@@ -466,6 +468,14 @@ def _check_group(specs: list[TrainSpec], data: Mapping[str, TaskTensors]) -> Non
     sigs = {s.signature() for s in specs}
     if len(sigs) != 1:
         raise ValueError(f"models of one engine call must share an architecture; got {sorted(sigs)}")
+    first = specs[0]
+    layers = {k: first.arch_kwargs.get(k, plain) for k, plain in CNN3_PLAIN_LAYERS.items()}
+    if first.architecture == "cnn3" and layers != CNN3_PLAIN_LAYERS:
+        # The stacked cnn3 kernel is plain strided convolutions; anything else would train silently wrong.
+        raise ValueError(
+            f"model {first.model_id}: the engine trains cnn3 with plain strided convolutions, not "
+            f"{layers}; NSL and shape-adaptor models are trained by their variant recipes"
+        )
     sizes = {s.batch_size for s in specs}
     if len(sizes) != 1:
         raise ValueError(f"models of one engine call must share a batch size; got {sorted(sizes)}")

@@ -116,6 +116,10 @@ def test_engine_validates_its_group(data) -> None:
         train_models([specs[0], other], data, progress=False)
     with pytest.raises(ValueError, match="optimizer"):
         TrainSpec("z", "a", "cnn3", {"num_classes": 3}, 0, 0.1, 0.0, 32, "lbfgs", 1)
+    for layers in ({"conv": "nsl_full"}, {"downsample": "shape_adaptor"}):
+        odd = TrainSpec("v", "a", "cnn3", {"num_classes": 3, **layers}, 0, 0.1, 0.0, 32, "sgd", 1)
+        with pytest.raises(ValueError, match="model v: the engine trains cnn3 with plain strided"):
+            train_models([odd], data, progress=False)
     with pytest.raises(KeyError, match="task 'zz'"):
         train_models([TrainSpec("w", "zz", "cnn3", {"num_classes": 3}, 0, 0.1, 0.0, 32, "sgd", 1)],
                      data, progress=False)  # fmt: skip
