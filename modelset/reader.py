@@ -241,6 +241,7 @@ class ModelSet:
         blocks = loc.block[pos]
         order = np.argsort(blocks, kind="stable")
         cuts = np.flatnonzero(np.diff(blocks[order])) + 1
+        id_array = np.asarray(ids, dtype=object)
         out: dict[str, np.ndarray] | None = None
         for rows in np.split(order, cuts):
             shard_name, block = loc.blocks[blocks[rows[0]]]
@@ -250,7 +251,7 @@ class ModelSet:
             stored = np.asarray(shard.model_ids(block), dtype=object)
             where = loc.index[pos[rows]]
             found = stored[np.minimum(where, len(stored) - 1)] if len(stored) else np.full(len(where), None)
-            wrong = (where >= len(stored)) | (found != np.asarray(ids, dtype=object)[rows])
+            wrong = (where >= len(stored)) | (found != id_array[rows])
             if wrong.any():  # vectorised: this runs for every chunk of a bulk read
                 bad = int(wrong.argmax())
                 raise MissingModelError(
@@ -258,7 +259,7 @@ class ModelSet:
                     "where the table puts it (run verify)"
                 )
             if out is None:
-                tensors = shard._check_layout(block, checkpoint, what, expected)
+                tensors = shard.checked(block, checkpoint, what, expected)
                 out = {t.name: np.empty((len(ids), *t.shape[1:]), dtype=t.dtype) for t in tensors}
             shard.read(block, where, checkpoint, what, expected, out=out, rows=rows)
         assert out is not None
@@ -297,8 +298,8 @@ class ModelSet:
         names = {loc.blocks[code][0] for code in np.unique(loc.block[pos[pos >= 0]])}
         for name in sorted(names):
             try:
-                shard_index(str(name))  # never touch files outside the set
-                fd = os.open(self.root / str(name), os.O_RDONLY)
+                shard_index(name)  # never touch files outside the set
+                fd = os.open(self.root / name, os.O_RDONLY)
             except (SchemaError, OSError):
                 continue  # a bad or missing shard is reported when it is really read
             try:

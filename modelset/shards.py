@@ -273,9 +273,10 @@ class ShardReader:
         self._tensors[key] = tensors
         return tensors
 
-    def _check_layout(
+    def checked(
         self, block: int, checkpoint: str, what: str, expected: Mapping[str, tuple[int, ...]]
     ) -> list[StoredTensor]:
+        """``stored``, after checking keys, shapes and dtypes against the architecture's."""
         tensors = self.stored(block, checkpoint, what)
         if (block, checkpoint) in self._checked:
             return tensors
@@ -339,7 +340,7 @@ class ShardReader:
         huge datasets never allocates them.
         """
         if expected is not None:
-            tensors = self._check_layout(block, checkpoint, what, expected)
+            tensors = self.checked(block, checkpoint, what, expected)
         else:
             tensors = self.stored(block, checkpoint, what)
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -372,9 +373,7 @@ class ShardReader:
 
 def _is_run(values: np.ndarray) -> bool:
     """True if ``values`` are consecutive ascending integers."""
-    return bool(
-        values[-1] - values[0] + 1 == len(values) and (len(values) < 2 or np.all(np.diff(values) == 1))
-    )
+    return bool(np.all(np.diff(values) == 1))
 
 
 def _read_rows(
