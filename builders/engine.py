@@ -24,14 +24,17 @@ Models leave the stack when their last step is done, so models with fewer epochs
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import ctypes
 import functools
 import logging
 import math
 import sys
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +61,10 @@ EVAL_IMAGES_PER_CALL = 512
 # (see _keep_freed_memory_in_process).
 MMAP_THRESHOLD = 64 * 2**20
 TRIM_THRESHOLD = 256 * 2**20
+
+
+# Initialization seeds torch's process-wide generator: engine threads take turns.
+_GLOBAL_RNG = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -125,7 +132,7 @@ class TrainResult:
 
 def init_model(spec: TrainSpec) -> torch.nn.Module:
     """The model of ``spec`` initialized from its seed (independent of the global RNG state)."""
-    with torch.random.fork_rng(devices=[]):
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):  # seeds the process-wide generator
         torch.manual_seed(spec.seed)
         return build_architecture(spec.architecture, spec.arch_kwargs)
 
@@ -345,8 +352,10 @@ class _Stack:
             for name in self.buffer_names
         }
         if self.arch != "cnn3":
-            # vmap needs a template module of the padded shape; "meta" avoids allocating it.
-            self.template = build_architecture(self.arch, kw).to("meta")
+            # vmap needs a template module of the padded shape; "meta" avoids allocating it, and
+            # the lock keeps its initialization off another thread's seeded generator.
+            with _GLOBAL_RNG, torch.device("meta"):
+                self.template = build_architecture(self.arch, kw)
         self.class_mask = torch.zeros(len(specs), 1, self.kmax, device=device)
         for i, s in enumerate(specs):
             self.class_mask[i, 0, s.num_classes :] = float("-inf")
@@ -502,20 +511,92 @@ def train_models(
     device: str | torch.device | None = "cpu",
     progress: bool = True,
     inits: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    workers: int | None = None,
 ) -> list[TrainResult]:
     """Train every model of ``specs`` at once; results in the order of ``specs``.
 
     All specs must share an architecture (apart from ``num_classes``) and a batch size; tasks
     may differ. ``data`` maps task id → :class:`TaskTensors`. ``inits`` optionally maps a model id
-    to a state dict to start from (fine-tuning). Training is deterministic for a given list of
-    specs on the CPU.
+    to a state dict to start from (fine-tuning).
+
+    On the CPU the models are split into ``workers`` stacks (default: ``torch.get_num_threads()``),
+    each trained by its own thread with single-threaded kernels: the small kernels of these models
+    leave a core half idle when one call is split across threads, while separate stacks keep every
+    core busy. Training is deterministic on the CPU for a given list of specs and worker count.
     """
     specs = list(specs)
     _check_group(specs, data)
     dev = resolve_device(device)
     if dev.type == "cpu":
         _keep_freed_memory_in_process()
+    n_workers = 1 if dev.type != "cpu" else (workers or torch.get_num_threads())
+    if n_workers < 1:
+        raise ValueError(f"workers must be at least 1, got {n_workers}")
+    parts = split_by_steps(specs, data, n_workers)
     t0 = time.perf_counter()
+    bar = tqdm(total=len(specs), desc=f"engine {specs[0].architecture}×{len(specs)}", unit="model",
+               disable=not progress, leave=False)  # fmt: skip
+    lock = threading.Lock()
+
+    def models_done(n: int) -> None:
+        with lock:
+            bar.update(n)
+
+    if len(parts) == 1:
+        trained = [_train_stack(specs, data, dev, inits, models_done)]
+    else:
+        with _kernels_single_threaded(), ThreadPoolExecutor(len(parts), "engine") as pool:
+            futures = [
+                pool.submit(_train_stack, [specs[i] for i in part], data, dev, inits, models_done)
+                for part in parts
+            ]
+            trained = [f.result() for f in futures]
+    bar.close()
+    results: dict[int, TrainResult] = {}
+    for part, part_results in zip(parts, trained):
+        results.update(zip(part, part_results))
+    log.info("trained %d %s models in %.1fs with %d worker(s)", len(specs), specs[0].architecture,
+             time.perf_counter() - t0, len(parts))  # fmt: skip
+    return [results[i] for i in range(len(specs))]
+
+
+def split_by_steps(specs: list[TrainSpec], data: Mapping[str, TaskTensors], parts: int) -> list[list[int]]:
+    """Positions of ``specs`` in at most ``parts`` groups of about equal training steps.
+
+    Longest first, each to the least loaded group (ties to the first): deterministic, so a build
+    with a fixed worker count stacks the same models together every time.
+    """
+    steps = [_Batches(s, data[s.task_id].x_train.shape[0]).total for s in specs]
+    groups: list[list[int]] = [[] for _ in range(min(parts, len(specs)))]
+    load = [0] * len(groups)
+    for i in sorted(range(len(specs)), key=lambda i: -steps[i]):
+        g = load.index(min(load))
+        groups[g].append(i)
+        load[g] += steps[i]
+    return [sorted(g) for g in groups]
+
+
+@contextlib.contextmanager
+def _kernels_single_threaded() -> Iterator[None]:
+    """One intra-op thread per kernel while worker threads run stacks side by side."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_stack(
+    specs: list[TrainSpec],
+    data: Mapping[str, TaskTensors],
+    dev: torch.device,
+    inits: Mapping[str, Mapping[str, torch.Tensor]] | None,
+    models_done: Callable[[int], None],
+) -> list[TrainResult]:
+    """Train ``specs`` in lock step as one stack; results in the order of ``specs``."""
+    if threading.current_thread() is not threading.main_thread():
+        torch.set_num_threads(1)  # OpenMP's thread count is per thread: set it in this one too
     # All tasks' training images in one tensor; a model's batch is an offset into it.
     task_ids = sorted({s.task_id for s in specs})
     offsets, xs, ys = {}, [], []
@@ -529,14 +610,10 @@ def train_models(
 
     stack = _Stack(specs, dev, inits)
     batches = [_Batches(s, data[s.task_id].x_train.shape[0]) for s in specs]
-    totals = torch.tensor([b.total for b in batches])
     order = list(range(len(specs)))  # positions in ``specs`` of the models still in the stack
     results: dict[int, TrainResult] = {}
     last_losses: dict[int, list[float]] = {i: [] for i in order}
-    n_steps = int(totals.max())
-    bar = tqdm(total=n_steps, desc=f"engine {specs[0].architecture}×{len(specs)}", unit="step",
-               disable=not progress, leave=False)  # fmt: skip
-    for step in range(n_steps):
+    for step in range(max(b.total for b in batches)):
         idx = torch.stack([batches[i].at(step) + offsets[specs[i].task_id] for i in order]).to(dev)  # (M, B)
         xb, yb = x_all[idx], y_all[idx]  # (M, B, C, H, W), (M, B)
         logits = stack.forward(xb, train=True)
@@ -556,11 +633,7 @@ def train_models(
             order = [order[j] for j in keep]
             if order:
                 stack.select(torch.tensor(keep, device=dev))
-            bar.set_postfix(models_done=len(results))
-        bar.update(1)
-    bar.close()
-    elapsed = time.perf_counter() - t0
-    log.info("trained %d %s models in %.1fs", len(specs), specs[0].architecture, elapsed)
+            models_done(len(done))
     return [results[i] for i in range(len(specs))]
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from builders.engine import TaskTensors, TrainSpec, _FirstConv, train_models, train_plain
+from builders.engine import TaskTensors, TrainSpec, _FirstConv, split_by_steps, train_models, train_plain
 
 
 def _task(k: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,17 +49,20 @@ def _specs(arch: str, kwargs: dict, n: int = 6, bs: int = 32) -> list[TrainSpec]
 
 
 @pytest.mark.parametrize(
-    ("arch", "kwargs", "tol"),
-    [("cnn3", {}, 1e-5), ("cnn3", {"strides": [2, 2, 2]}, 1e-5), ("resnet_tiny", {}, 1e-2)],  # fmt: skip
+    ("arch", "kwargs", "tol", "workers"),
+    [("cnn3", {}, 1e-5, 1), ("cnn3", {"strides": [2, 2, 2]}, 1e-5, 1), ("cnn3", {}, 1e-5, 2),
+     ("resnet_tiny", {}, 1e-2, 1), ("resnet_tiny", {}, 1e-2, 2)],  # fmt: skip
 )
-def test_engine_matches_plain_loop(data, arch: str, kwargs: dict, tol: float) -> None:
+def test_engine_matches_plain_loop(data, arch: str, kwargs: dict, tol: float, workers: int) -> None:
     specs = _specs(arch, kwargs, n=6 if arch == "cnn3" else 3)
     if arch != "cnn3":
         # vmap sums in another order than the plain module; Adam turns rounding noise in the
         # near-zero gradients of timm's zero-initialized residual BN into full-size steps, so
         # Adam models are compared by accuracy and loss, SGD models also by parameters
         specs = [dataclasses.replace(s, epochs=1) for s in specs]
-    engine = train_models(specs, data, progress=False)
+    threads = torch.get_num_threads()
+    engine = train_models(specs, data, progress=False, workers=workers)
+    assert torch.get_num_threads() == threads  # worker threads give the thread count back
     for spec, res in zip(specs, engine):
         ref = train_plain(spec, data[spec.task_id])
         assert res.spec == spec and res.steps == ref.steps == spec.epochs * (256 // 32)
@@ -89,13 +92,26 @@ def test_engine_learns_and_flags(data) -> None:
     assert not torch.equal(good.init["conv1.weight"], good.final["conv1.weight"])
 
 
-def test_engine_is_deterministic(data) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_engine_is_deterministic(data, workers: int) -> None:
     specs = _specs("cnn3", {}, n=4)
-    a = train_models(specs, data, progress=False)
-    b = train_models(specs, data, progress=False)
+    a = train_models(specs, data, progress=False, workers=workers)
+    b = train_models(specs, data, progress=False, workers=workers)
     for ra, rb in zip(a, b):
         assert all(torch.equal(ra.final[k], rb.final[k]) for k in ra.final)
         assert ra.test_accuracy == rb.test_accuracy
+
+
+def test_workers_get_stacks_of_equal_steps(data) -> None:
+    specs = _specs("cnn3", {}, n=7)  # 1, 2, 3, 1, 2, 3, 1 epochs of 8 steps
+    assert split_by_steps(specs, data, 1) == [list(range(7))]
+    parts = split_by_steps(specs, data, 2)
+    assert sorted(i for p in parts for i in p) == list(range(7))
+    assert sorted(sum(specs[i].epochs for i in p) for p in parts) == [6, 7]
+    assert split_by_steps(specs, data, 2) == parts  # the same stacks every time
+    assert len(split_by_steps(specs[:2], data, 8)) == 2  # never an empty stack
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        train_models(specs, data, progress=False, workers=-1)
 
 
 def test_fine_tuning_starts_from_given_weights(data) -> None:
