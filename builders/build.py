@@ -265,7 +265,10 @@ def build(
         shared = {"data": data, "tasks": by_id, "device": device,
                   "threads": int(cfg.get("threads", 1)), "progress": progress and executor == "local"}
         staging = out.parent / f".{out.name}.staging"  # beside the set: the set checksums its files
-        with get_executor(executor, address=address) as runner:
+        # A shard's engine runs one stack per thread (the recipe's thread count): a Ray task asks
+        # for that many CPUs.
+        ray_kwargs = {"cpus_per_shard": shared["threads"]} if executor == "ray" else {}
+        with get_executor(executor, address=address, **ray_kwargs) as runner:
             for shard, path in runner.map_shards(train_shard, todo, staging, shared):
                 w.commit_shard_file(path)
                 path.unlink()

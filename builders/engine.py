@@ -534,20 +534,26 @@ def train_models(
         raise ValueError(f"workers must be at least 1, got {n_workers}")
     parts = split_by_steps(specs, data, n_workers)
     t0 = time.perf_counter()
-    bar = tqdm(total=len(specs), desc=f"engine {specs[0].architecture}×{len(specs)}", unit="model",
-               disable=not progress, leave=False)  # fmt: skip
+    # Counts model-steps, so the time left holds while stacks shrink; the postfix counts models.
+    bar = tqdm(total=sum(_steps(specs, data)), desc=f"engine {specs[0].architecture}×{len(specs)}",
+               unit="model-step", unit_scale=True, disable=not progress, leave=False)  # fmt: skip
     lock = threading.Lock()
+    finished = 0
 
-    def models_done(n: int) -> None:
+    def advance(model_steps: int, models_done: int) -> None:
+        nonlocal finished
         with lock:
-            bar.update(n)
+            bar.update(model_steps)
+            if models_done:
+                finished += models_done
+                bar.set_postfix(models_done=f"{finished}/{len(specs)}")
 
     if len(parts) == 1:
-        trained = [_train_stack(specs, data, dev, inits, models_done)]
+        trained = [_train_stack(specs, data, dev, inits, advance)]
     else:
         with _kernels_single_threaded(), ThreadPoolExecutor(len(parts), "engine") as pool:
             futures = [
-                pool.submit(_train_stack, [specs[i] for i in part], data, dev, inits, models_done)
+                pool.submit(_train_stack, [specs[i] for i in part], data, dev, inits, advance)
                 for part in parts
             ]
             trained = [f.result() for f in futures]
@@ -566,7 +572,7 @@ def split_by_steps(specs: list[TrainSpec], data: Mapping[str, TaskTensors], part
     Longest first, each to the least loaded group (ties to the first): deterministic, so a build
     with a fixed worker count stacks the same models together every time.
     """
-    steps = [_Batches(s, data[s.task_id].x_train.shape[0]).total for s in specs]
+    steps = _steps(specs, data)
     groups: list[list[int]] = [[] for _ in range(min(parts, len(specs)))]
     load = [0] * len(groups)
     for i in sorted(range(len(specs)), key=lambda i: -steps[i]):
@@ -574,6 +580,11 @@ def split_by_steps(specs: list[TrainSpec], data: Mapping[str, TaskTensors], part
         groups[g].append(i)
         load[g] += steps[i]
     return [sorted(g) for g in groups]
+
+
+def _steps(specs: list[TrainSpec], data: Mapping[str, TaskTensors]) -> list[int]:
+    """Training steps of each model."""
+    return [_Batches(s, data[s.task_id].x_train.shape[0]).total for s in specs]
 
 
 @contextlib.contextmanager
@@ -592,7 +603,7 @@ def _train_stack(
     data: Mapping[str, TaskTensors],
     dev: torch.device,
     inits: Mapping[str, Mapping[str, torch.Tensor]] | None,
-    models_done: Callable[[int], None],
+    advance: Callable[[int, int], None],
 ) -> list[TrainResult]:
     """Train ``specs`` in lock step as one stack; results in the order of ``specs``."""
     if threading.current_thread() is not threading.main_thread():
@@ -627,13 +638,13 @@ def _train_stack(
             if step >= batches[i].total - batches[i].spe:
                 last_losses[i].append(loss)
         done = [j for j, i in enumerate(order) if batches[i].total == step + 1]
+        advance(len(order), len(done))
         if done:
             _finish(stack, done, order, data, results, last_losses, batches, dev)
             keep = [j for j in range(len(order)) if j not in done]
             order = [order[j] for j in keep]
             if order:
                 stack.select(torch.tensor(keep, device=dev))
-            models_done(len(done))
     return [results[i] for i in range(len(specs))]
 
 

@@ -89,7 +89,7 @@ class RayExecutor:
 
     ``max_retries`` re-runs a task whose worker died; ``max_in_flight`` bounds how many finished
     shards wait in the object store for the driver; ``cpus_per_shard`` is the Ray resource request
-    and the torch thread count of a task.
+    and the torch thread count of a task (a build passes its config's ``threads``).
     """
 
     name = "ray"

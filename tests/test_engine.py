@@ -114,6 +114,14 @@ def test_workers_get_stacks_of_equal_steps(data) -> None:
         train_models(specs, data, progress=False, workers=-1)
 
 
+def test_progress_counts_model_steps_and_models(data, capsys) -> None:
+    specs = _specs("cnn3", {}, n=3)  # 8, 16 and 24 steps
+    train_models(specs, data, progress=True, workers=2)
+    err = capsys.readouterr().err
+    assert "engine cnn3×3" in err and "/48" in err  # model-steps of all stacks
+    assert "models_done=3/3" in err
+
+
 def test_fine_tuning_starts_from_given_weights(data) -> None:
     src = train_models(_specs("cnn3", {}, n=1), data, progress=False)[0]
     spec = TrainSpec("ft", "b", "cnn3", {"num_classes": 5}, 3, 0.01, 0.0, 32, "adam", 1)
