@@ -107,14 +107,13 @@ def bank_from_modelset(
 ) -> FeatureBank:
     """Features of ``model_ids`` of a ``ModelSet``, computed per architecture signature group."""
     ids = list(model_ids)
-    rows = ms.metadata.loc[ids, ["architecture", "arch_kwargs"]]
-    position = {mid: i for i, mid in enumerate(ids)}
-    groups: list[tuple[list[int], Features]] = []
-    grouped = list(rows.groupby(["architecture", "arch_kwargs"], sort=True))
-    for (arch, kwargs), group in tqdm(grouped, desc="LPS features", disable=not progress, leave=False):
-        for chunk, stacked in ms.iter_stacked(list(group.index), checkpoint, chunk_size):
-            space = WeightSpace.from_stacked(str(arch), str(kwargs), stacked)
-            groups.append(([position[m] for m in chunk], compute_features(space)))
+    groups: list[tuple[Sequence[int], Features]] = []
+    for group in tqdm(ms.by_signature(ids), desc="LPS features", disable=not progress, leave=False):
+        start = 0
+        for chunk, stacked in ms.iter_stacked(group.ids, checkpoint, chunk_size):
+            space = WeightSpace.from_stacked(group.architecture, group.arch_kwargs, stacked)
+            groups.append((group.positions[start : start + len(chunk)], compute_features(space)))
+            start += len(chunk)
     return bank_from_groups(groups, len(ids), ids)
 
 

@@ -99,12 +99,11 @@ def flattened_cosine(ms, ids: Sequence[str], checkpoint: str = "final") -> np.nd
     (a comparison without alignment, which is the point of this baseline).
     """
     ids = list(ids)
-    rows = ms.metadata.loc[ids, ["architecture", "arch_kwargs"]].assign(_pos=np.arange(len(ids)))
     vectors: list[torch.Tensor | None] = [None] * len(ids)
-    for _, group in rows.groupby(["architecture", "arch_kwargs"], sort=True):
-        stacked = ms.stacked(list(group.index), checkpoint)
-        flat = torch.cat([stacked[k].reshape(len(group), -1).float() for k in sorted(stacked)], 1)
-        for row, p in enumerate(group["_pos"]):
+    for group in ms.by_signature(ids):
+        stacked = ms.stacked(group.ids, checkpoint)
+        flat = torch.cat([stacked[k].reshape(len(group.ids), -1).float() for k in sorted(stacked)], 1)
+        for row, p in enumerate(group.positions):
             vectors[p] = flat[row]
     length = max(v.numel() for v in vectors)
     matrix = torch.stack([torch.nn.functional.pad(v, (0, length - v.numel())) for v in vectors])

@@ -192,12 +192,10 @@ def _train_pairs(
 
 def _weight_spaces(ms, ids: Sequence[str], checkpoint: str) -> list[tuple[np.ndarray, WeightSpace]]:
     """``(positions, weight space)`` per architecture signature among ``ids``."""
-    rows = ms.metadata.loc[list(ids), ["architecture", "arch_kwargs"]].assign(_pos=np.arange(len(ids)))
-    out = []
-    for (arch, kwargs), group in rows.groupby(["architecture", "arch_kwargs"], sort=True):
-        stacked = ms.stacked(list(group.index), checkpoint)
-        out.append((group["_pos"].to_numpy(), WeightSpace.from_stacked(str(arch), str(kwargs), stacked)))
-    return out
+    return [
+        (g.positions, WeightSpace.from_stacked(g.architecture, g.arch_kwargs, ms.stacked(g.ids, checkpoint)))
+        for g in ms.by_signature(ids)
+    ]
 
 
 def _views(

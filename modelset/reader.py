@@ -6,6 +6,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -219,9 +220,7 @@ class ModelSet:
         if not ids:
             raise ValueError("stacked() needs at least one model id")
         loc = self._locator
-        pos = self.metadata.index.get_indexer(ids)
-        if (pos < 0).any():
-            self.row(ids[int(np.argmax(pos < 0))])  # raises MissingModelError with a did-you-mean hint
+        pos = self._positions(ids)
         signatures = np.unique(loc.signature[pos])
         if len(signatures) > 1:
             shown = "; ".join(f"{a} {k}" for a, k in (loc.signatures[c] for c in signatures[:3]))
@@ -270,6 +269,30 @@ class ModelSet:
     @cached_property
     def _locator(self) -> _Locator:
         return _Locator(self.metadata)
+
+    def _positions(self, ids: list[str]) -> np.ndarray:
+        """Rows of ``ids`` in the model table; an unknown id raises ``MissingModelError``."""
+        pos = self.metadata.index.get_indexer(ids)
+        if (pos < 0).any():
+            self.row(ids[int(np.argmax(pos < 0))])  # raises MissingModelError with a did-you-mean hint
+        return pos
+
+    def by_signature(self, model_ids: Sequence[str]) -> list[SignatureGroup]:
+        """``model_ids`` grouped by architecture signature, the unit of :meth:`stacked`.
+
+        Groups come in the order of their ``(architecture, arch_kwargs)``; within a group the ids
+        keep the order (and any repeats) of ``model_ids``, and ``positions`` says where they are
+        in it.
+        """
+        ids = list(model_ids)
+        loc = self._locator
+        codes = loc.signature[self._positions(ids)] if ids else np.zeros(0, dtype=np.int64)
+        groups = []
+        for code in sorted(np.unique(codes).tolist(), key=lambda c: loc.signatures[c]):
+            positions = np.flatnonzero(codes == code)
+            architecture, arch_kwargs = loc.signatures[code]
+            groups.append(SignatureGroup(architecture, arch_kwargs, [ids[p] for p in positions], positions))
+        return groups
 
     def iter_stacked(
         self, model_ids: Sequence[str], checkpoint: str = "final", chunk_size: int = 1024
@@ -339,6 +362,16 @@ class ModelSet:
                 str(k): round(float(v), 4) for k, v in acc.groupby(table["variant"]).mean().items()
             }
         return summary
+
+
+@dataclass(frozen=True)
+class SignatureGroup:
+    """Models of one architecture signature among the ids given to :meth:`ModelSet.by_signature`."""
+
+    architecture: str
+    arch_kwargs: str  # canonical JSON, as in the model table
+    ids: list[str]
+    positions: np.ndarray  # where ``ids`` are in the list given
 
 
 class _Locator:

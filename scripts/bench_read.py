@@ -75,7 +75,7 @@ def main() -> int:
         ms = modelset.open(root)
         ids = list(ms.metadata.index)
         # Bulk reads stack one architecture signature at a time, as LPS and the benchmarks do.
-        groups = [list(g.index) for _, g in ms.metadata.groupby(["architecture", "arch_kwargs"], sort=False)]
+        groups = [g.ids for g in ms.by_signature(ms.metadata.index)]
         n_bytes = 0
         per_model = work / "per_model"
         per_model.mkdir()

@@ -130,6 +130,22 @@ def test_stacked_matches_state_dict_for_any_selection(toy: Path, ids: list[str])
                 assert torch.equal(stacked[key][i], tensor), (mid, checkpoint, key)
 
 
+def test_by_signature_groups_ids_in_their_order(toy: Path) -> None:
+    ms = modelset.open(toy)
+    ids = ["m005", "m003", "m000", "m005", "m001"]  # two signatures, a repeat
+    groups = ms.by_signature(ids)
+    rows = ms.metadata.loc[ids, ["architecture", "arch_kwargs"]]
+    expected = [(key, list(g.index)) for key, g in rows.groupby(["architecture", "arch_kwargs"], sort=True)]
+    assert [((g.architecture, g.arch_kwargs), g.ids) for g in groups] == expected
+    assert len(groups) == 2
+    for g in groups:
+        assert [ids[p] for p in g.positions] == g.ids
+        assert len(ms.stacked(g.ids)["conv1.weight"]) == len(g.ids)  # each group is one stacked call
+    assert ms.by_signature([]) == []
+    with pytest.raises(MissingModelError, match="'m999' is not in"):
+        ms.by_signature(["m000", "m999"])
+
+
 def test_torch_datasets(toy: Path) -> None:
     ms = modelset.open(toy)
     ds = ModelDataset(ms, ["m000", "m001", "m002"])

@@ -14,18 +14,11 @@ from modelset.reader import ModelSet
 
 def load_states(ms: ModelSet, ids: Sequence[str], checkpoint: str = "final") -> list[dict[str, torch.Tensor]]:
     """State dicts of ``ids`` in order, read with one ``stacked`` call per architecture signature."""
-    rows = ms.metadata.loc[list(ids), ["architecture", "arch_kwargs"]]
     out: list[dict[str, torch.Tensor] | None] = [None] * len(ids)
-    positions = {mid: [] for mid in ids}
-    for pos, mid in enumerate(ids):
-        positions[mid].append(pos)
-    for _, group in rows.groupby(["architecture", "arch_kwargs"], sort=False):
-        group_ids = list(dict.fromkeys(group.index))
-        stacked = ms.stacked(group_ids, checkpoint)
-        for j, mid in enumerate(group_ids):
-            state = {k: v[j] for k, v in stacked.items()}
-            for pos in positions[mid]:
-                out[pos] = state
+    for group in ms.by_signature(ids):
+        stacked = ms.stacked(group.ids, checkpoint)
+        for j, pos in enumerate(group.positions):
+            out[pos] = {k: v[j] for k, v in stacked.items()}
     return out  # type: ignore[return-value]
 
 
@@ -66,8 +59,7 @@ def layers(state: dict[str, torch.Tensor]) -> list[Layer]:
 
 def one_per_signature(ms: ModelSet) -> list[dict[str, torch.Tensor]]:
     """One state dict of each architecture signature of the set (to size padded features)."""
-    first = ms.metadata.reset_index().groupby(["architecture", "arch_kwargs"], sort=True)["model_id"].first()
-    return [ms.state_dict(str(mid)) for mid in first]
+    return [ms.state_dict(group.ids[0]) for group in ms.by_signature(ms.metadata.index)]
 
 
 def max_flat_size(ms: ModelSet) -> int:

@@ -22,13 +22,13 @@ def lps_feature_blocks(ms: ModelSet, ids: list[str]) -> list[dict[str, torch.Ten
     from lps.weights import WeightSpace
 
     out: list[dict[str, torch.Tensor]] = [{} for _ in ids]
-    position = {mid: i for i, mid in enumerate(ids)}
-    rows = ms.metadata.loc[ids, ["architecture", "arch_kwargs"]]
-    for (arch, kwargs), group in rows.groupby(["architecture", "arch_kwargs"], sort=True):
-        for chunk, stacked in ms.iter_stacked(list(group.index), chunk_size=512):
-            features = compute_features(WeightSpace.from_stacked(str(arch), str(kwargs), stacked)).flat()
-            for j, mid in enumerate(chunk):
-                out[position[mid]] = {k: v[j].reshape(-1).float() for k, v in features.items()}
+    for group in ms.by_signature(ids):
+        start = 0
+        for chunk, stacked in ms.iter_stacked(group.ids, chunk_size=512):
+            features = compute_features(WeightSpace.from_stacked(group.architecture, group.arch_kwargs, stacked)).flat()
+            for j, pos in enumerate(group.positions[start : start + len(chunk)]):
+                out[pos] = {k: v[j].reshape(-1).float() for k, v in features.items()}
+            start += len(chunk)
     return out
 
 
