@@ -31,6 +31,7 @@ def tiny_config() -> dict:
     """configs/mini.yaml cut down further so a build takes seconds."""
     cfg = load_config(REPO / "configs" / "mini.yaml")
     cfg["data"] = {"root": None, "train_limit": 400, "test_limit": 200}
+    cfg["threads"] = 2  # as ModelSet500: two engine stacks side by side, still bit-reproducible
     cfg["families"] = [
         {"architecture": "cnn3", "arch_kwargs": {"strides": [2, 2, 2]}, "models_per_task": 2},
         {"architecture": "resnet_tiny", "arch_kwargs": {}, "models_per_task": 1},
