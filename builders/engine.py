@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -537,11 +537,13 @@ def train_models(
     # Counts model-steps, so the time left holds while stacks shrink; the postfix counts models.
     bar = tqdm(total=sum(_steps(specs, data)), desc=f"engine {specs[0].architecture}×{len(specs)}",
                unit="model-step", unit_scale=True, disable=not progress, leave=False)  # fmt: skip
-    lock = threading.Lock()
+    lock, stop = threading.Lock(), threading.Event()
     finished = 0
 
     def advance(model_steps: int, models_done: int) -> None:
         nonlocal finished
+        if stop.is_set():
+            raise _Stopped
         with lock:
             bar.update(model_steps)
             if models_done:
@@ -556,6 +558,14 @@ def train_models(
                 pool.submit(_train_stack, [specs[i] for i in part], data, dev, inits, advance)
                 for part in parts
             ]
+            try:
+                wait(futures, return_when=FIRST_EXCEPTION)
+                for future in futures:
+                    if future.done() and future.exception() is not None:
+                        raise future.exception()  # type: ignore[misc]
+            except BaseException:  # a failed stack or Ctrl-C: the other stacks stop at their next step
+                stop.set()
+                raise
             trained = [f.result() for f in futures]
     bar.close()
     results: dict[int, TrainResult] = {}
@@ -564,6 +574,10 @@ def train_models(
     log.info("trained %d %s models in %.1fs with %d worker(s)", len(specs), specs[0].architecture,
              time.perf_counter() - t0, len(parts))  # fmt: skip
     return [results[i] for i in range(len(specs))]
+
+
+class _Stopped(Exception):
+    """Raised in a worker thread when another stack failed or the caller was interrupted."""
 
 
 def split_by_steps(specs: list[TrainSpec], data: Mapping[str, TaskTensors], parts: int) -> list[list[int]]:

@@ -114,6 +114,29 @@ def test_workers_get_stacks_of_equal_steps(data) -> None:
         train_models(specs, data, progress=False, workers=-1)
 
 
+def test_a_failing_stack_stops_the_others(data, monkeypatch) -> None:
+    import builders.engine as engine
+
+    specs = [TrainSpec("short", "a", "cnn3", {"num_classes": 3}, 0, 0.01, 0.0, 32, "sgd", 1),
+             TrainSpec("long", "b", "cnn3", {"num_classes": 5}, 1, 0.01, 0.0, 32, "sgd", 30)]  # fmt: skip
+    steps = {"short": 0, "long": 0}
+    step = engine._Stack.step
+
+    def failing_step(self, step_no, lr_factor):
+        name = self.specs[0].model_id
+        steps[name] += 1
+        if name == "short" and step_no == 3:
+            raise RuntimeError("boom")
+        return step(self, step_no, lr_factor)
+
+    monkeypatch.setattr(engine._Stack, "step", failing_step)
+    threads = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="boom"):
+        train_models(specs, data, progress=False, workers=2)
+    assert steps["long"] < 30 * 8 // 2  # stopped early, not trained to the end
+    assert torch.get_num_threads() == threads
+
+
 def test_progress_counts_model_steps_and_models(data, capsys) -> None:
     specs = _specs("cnn3", {}, n=3)  # 8, 16 and 24 steps
     train_models(specs, data, progress=True, workers=2)
