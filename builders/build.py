@@ -35,6 +35,7 @@ from builders.engine import TaskTensors, TrainResult, TrainSpec, resolve_device,
 from builders.executors import get_executor
 from builders.tasks import static_relations, tasks_frame, tasks_from_config
 from builders.transfer import TransferConfig, protocol_text, transfer_affinity
+from builders.variants._pool import RecipePool
 from builders.variants.flops import count_flops
 from modelset.architectures import build_architecture, canonical_kwargs
 from modelset.errors import SchemaError
@@ -408,36 +409,50 @@ def _variants(
     for t in tasks:
         d = tensors[t.task_id]
         vdata[t.task_id] = variant_registry.TaskTensors(d.x_train, d.y_train, d.x_test, d.y_test)
-    entries = list(cfg["variants"])
-    for ei, entry in enumerate(entries):
-        recipe = variant_registry.get_recipe(str(entry["recipe"]))
-        key = str(entry.get("key", entry["recipe"]))
-        par = dict(entry.get("parents") or {})
-        per_task = int(par.get("per_task", 1))
-        arch = str(par.get("architecture", "cnn3"))
-        table = w.table.set_index("model_id")
-        base = table[(table["variant"] == "base") & (table["architecture"] == arch)].sort_index()
-        parents = [mid for t in tasks for mid in list(base[base["task"] == t.task_id].index)[:per_task]]
-        finished = set()
-        if "recipe" in table.columns:
-            finished = set(table.loc[table["recipe"] == key, "parent_id"])
-        todo = [(pi, pid) for pi, pid in enumerate(parents) if pid not in finished]
-        shard: list = []
-        for pi, pid in tqdm(todo, desc=f"variants {key}", disable=not progress):
-            row = ms.metadata.loc[pid]
-            parent = variant_registry.Parent(
-                model_id=pid,
-                architecture=str(row["architecture"]),
-                arch_kwargs=_kwargs(row["arch_kwargs"]),
-                state_dict=ms.state_dict(pid),
-                row=row.to_dict(),
-            )
-            seed = int(entry.get("seed", 0)) * 1_000_003 + ei * 10_007 + pi
-            records = recipe(parent, vdata[str(row["task"])], seed, **dict(entry.get("params") or {}))
-            for rec in records:
-                rec.row["recipe"] = key
-                rec.row.setdefault("test_size", int(vdata[str(row["task"])].y_test.shape[0]))
-                rec.row.setdefault("parent_id", pid)
-            shard.extend(records)
-        if shard:
-            w.write_shard(shard)
+    # Every (entry, parent) call is queued at once so the workers never wait for an entry to end;
+    # shards are still written entry by entry, in order.
+    plans: list[tuple[str, list[tuple[str, Any]]]] = []
+    with RecipePool(int(cfg.get("threads", 1))) as pool:
+        for ei, entry in enumerate(cfg["variants"]):
+            recipe = variant_registry.get_recipe(str(entry["recipe"]))
+            key = str(entry.get("key", entry["recipe"]))
+            par = dict(entry.get("parents") or {})
+            per_task = int(par.get("per_task", 1))
+            arch = str(par.get("architecture", "cnn3"))
+            table = w.table.set_index("model_id")
+            base = table[(table["variant"] == "base") & (table["architecture"] == arch)].sort_index()
+            parents = [mid for t in tasks for mid in list(base[base["task"] == t.task_id].index)[:per_task]]
+            finished = set()
+            if "recipe" in table.columns:
+                finished = set(table.loc[table["recipe"] == key, "parent_id"])
+            calls = []
+            for pi, pid in enumerate(parents):
+                if pid in finished:
+                    continue
+                row = ms.metadata.loc[pid]
+                parent = variant_registry.Parent(
+                    model_id=pid,
+                    architecture=str(row["architecture"]),
+                    arch_kwargs=_kwargs(row["arch_kwargs"]),
+                    state_dict=ms.state_dict(pid),
+                    row=row.to_dict(),
+                )
+                seed = int(entry.get("seed", 0)) * 1_000_003 + ei * 10_007 + pi
+                data = vdata[str(row["task"])]
+                calls.append((pid, pool.submit(recipe, parent, data, seed, dict(entry.get("params") or {}))))
+            plans.append((key, calls))
+        bar = tqdm(total=sum(len(c) for _, c in plans), desc="variants", unit="parent", disable=not progress)
+        for key, calls in plans:
+            bar.set_description(f"variants {key}")
+            shard: list = []
+            for pid, call in calls:
+                records = call.result()
+                for rec in records:
+                    rec.row["recipe"] = key
+                    rec.row.setdefault("test_size", int(vdata[str(ms.metadata.loc[pid, "task"])].y_test.shape[0]))
+                    rec.row.setdefault("parent_id", pid)
+                shard.extend(records)
+                bar.update(1)
+            if shard:
+                w.write_shard(shard)
+        bar.close()

@@ -553,7 +553,7 @@ def train_models(
     if len(parts) == 1:
         trained = [_train_stack(specs, data, dev, inits, advance)]
     else:
-        with _kernels_single_threaded(), ThreadPoolExecutor(len(parts), "engine") as pool:
+        with kernels_single_threaded(), ThreadPoolExecutor(len(parts), "engine") as pool:
             futures = [
                 pool.submit(_train_stack, [specs[i] for i in part], data, dev, inits, advance)
                 for part in parts
@@ -602,8 +602,9 @@ def _steps(specs: list[TrainSpec], data: Mapping[str, TaskTensors]) -> list[int]
 
 
 @contextlib.contextmanager
-def _kernels_single_threaded() -> Iterator[None]:
-    """One intra-op thread per kernel while worker threads run stacks side by side."""
+def kernels_single_threaded() -> Iterator[None]:
+    """One intra-op thread per kernel for the duration (worker threads, recipe calls); the
+    thread count is given back afterwards."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from builders.variants import Parent, TaskTensors, get_recipe, list_recipes
 from builders.variants._common import accuracy, sparsity_report
+from builders.variants._pool import RecipePool
 from builders.variants.channel_similarity import channel_distances, similarity_prune
 from builders.variants.flops import conv_flops, count_flops, count_sparse_flops
 from builders.variants.gmp import gmp_sparsity, magnitude_mask
@@ -300,3 +301,41 @@ def test_comparison_tables_values_and_files(tmp_path) -> None:
     assert "no models of this family" in text  # channel pruning absent from this fake set
     assert written["plot"].stat().st_size > 1000
     assert (tmp_path / "out" / "shape_adaptor_scales.csv").read_text().startswith("adaptor,scale_mean")
+
+
+def _same_value(a: object, b: object) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)  # NaN
+
+
+def test_recipe_pool_gives_the_same_variants_in_workers_and_in_process(parent: Parent, data: TaskTensors) -> None:
+    calls = [("str", 2), ("nsl", 3), ("str", 4)]
+    in_process = [RecipePool(1).submit(get_recipe(n), parent, data, s, RECIPE_PARAMS[n]).result() for n, s in calls]
+    threads = torch.get_num_threads()
+    with RecipePool(2) as pool:
+        futures = [pool.submit(get_recipe(n), parent, data, s, RECIPE_PARAMS[n]) for n, s in calls]
+        in_workers = [f.result() for f in reversed(futures)][::-1]  # asked in any order
+    assert torch.get_num_threads() == threads
+    for a, b in zip(in_process, in_workers):
+        assert [r.model_id for r in a] == [r.model_id for r in b]
+        for ra, rb in zip(a, b):
+            assert ra.row.keys() == rb.row.keys()
+            assert all(_same_value(ra.row[k], rb.row[k]) for k in ra.row), ra.model_id
+            for ck, state in ra.checkpoints.items():
+                assert all(torch.equal(state[k], rb.checkpoints[ck][k]) for k in state), (ra.model_id, ck)
+
+
+def test_recipe_pool_runs_a_local_recipe_in_this_process(parent: Parent, data: TaskTensors) -> None:
+    def local(parent: Parent, data: TaskTensors, seed: int, scale: int = 1) -> list[int]:
+        return [seed * scale, torch.get_num_threads()]
+
+    torch.set_num_threads(2)
+    try:
+        with RecipePool(2) as pool:
+            assert pool.submit(local, parent, data, 5, {"scale": 3}).result() == [15, 1]  # one thread
+            assert pool._pool is None  # no worker process was started for it
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        RecipePool(0)
+
