@@ -236,7 +236,9 @@ def build(
 
     ``executor`` says where shards are trained: ``"local"`` (this process) or ``"ray"`` (a Ray
     cluster at ``address``, or ``RAY_ADDRESS``, or a local instance). Either way this process
-    alone commits the shards into ``out``.
+    alone commits the shards into ``out``. With ``threads`` above 1, variant recipes run in
+    spawned worker processes, which import the calling script: call ``build`` from a script under
+    ``if __name__ == "__main__":``.
     """
     cfg = load_config(config)
     out = Path(out)
@@ -411,7 +413,8 @@ def _variants(
         vdata[t.task_id] = variant_registry.TaskTensors(d.x_train, d.y_train, d.x_test, d.y_test)
     # Every (entry, parent) call is queued at once so the workers never wait for an entry to end;
     # shards are still written entry by entry, in order.
-    plans: list[tuple[str, list[tuple[str, Any]]]] = []
+    plans: list[tuple[str, list[tuple[str, Any, Any]]]] = []
+    table = w.table.set_index("model_id")  # nothing is written before every call is queued
     with RecipePool(int(cfg.get("threads", 1))) as pool:
         for ei, entry in enumerate(cfg["variants"]):
             recipe = variant_registry.get_recipe(str(entry["recipe"]))
@@ -419,7 +422,6 @@ def _variants(
             par = dict(entry.get("parents") or {})
             per_task = int(par.get("per_task", 1))
             arch = str(par.get("architecture", "cnn3"))
-            table = w.table.set_index("model_id")
             base = table[(table["variant"] == "base") & (table["architecture"] == arch)].sort_index()
             parents = [mid for t in tasks for mid in list(base[base["task"] == t.task_id].index)[:per_task]]
             finished = set()
@@ -439,17 +441,17 @@ def _variants(
                 )
                 seed = int(entry.get("seed", 0)) * 1_000_003 + ei * 10_007 + pi
                 data = vdata[str(row["task"])]
-                calls.append((pid, pool.submit(recipe, parent, data, seed, dict(entry.get("params") or {}))))
+                calls.append((pid, data, pool.submit(recipe, parent, data, seed, dict(entry.get("params") or {}))))
             plans.append((key, calls))
         bar = tqdm(total=sum(len(c) for _, c in plans), desc="variants", unit="parent", disable=not progress)
         for key, calls in plans:
             bar.set_description(f"variants {key}")
             shard: list = []
-            for pid, call in calls:
+            for pid, data, call in calls:
                 records = call.result()
                 for rec in records:
                     rec.row["recipe"] = key
-                    rec.row.setdefault("test_size", int(vdata[str(ms.metadata.loc[pid, "task"])].y_test.shape[0]))
+                    rec.row.setdefault("test_size", int(data.y_test.shape[0]))
                     rec.row.setdefault("parent_id", pid)
                 shard.extend(records)
                 bar.update(1)

@@ -108,12 +108,10 @@ def bank_from_modelset(
     """Features of ``model_ids`` of a ``ModelSet``, computed per architecture signature group."""
     ids = list(model_ids)
     groups: list[tuple[Sequence[int], Features]] = []
-    for group in tqdm(ms.by_signature(ids), desc="LPS features", disable=not progress, leave=False):
-        start = 0
-        for chunk, stacked in ms.iter_stacked(group.ids, checkpoint, chunk_size):
-            space = WeightSpace.from_stacked(group.architecture, group.arch_kwargs, stacked)
-            groups.append((group.positions[start : start + len(chunk)], compute_features(space)))
-            start += len(chunk)
+    chunks = ms.iter_by_signature(ids, checkpoint, chunk_size)
+    for chunk, stacked in tqdm(chunks, desc="LPS features", unit="chunk", disable=not progress, leave=False):
+        space = WeightSpace.from_stacked(chunk.architecture, chunk.arch_kwargs, stacked)
+        groups.append((chunk.positions, compute_features(space)))
     return bank_from_groups(groups, len(ids), ids)
 
 

@@ -286,13 +286,26 @@ class ModelSet:
         """
         ids = list(model_ids)
         loc = self._locator
-        codes = loc.signature[self._positions(ids)] if ids else np.zeros(0, dtype=np.int64)
+        codes = loc.signature[self._positions(ids)]
         groups = []
         for code in sorted(np.unique(codes).tolist(), key=lambda c: loc.signatures[c]):
             positions = np.flatnonzero(codes == code)
             architecture, arch_kwargs = loc.signatures[code]
             groups.append(SignatureGroup(architecture, arch_kwargs, [ids[p] for p in positions], positions))
         return groups
+
+    def iter_by_signature(
+        self, model_ids: Sequence[str], checkpoint: str = "final", chunk_size: int = 1024
+    ) -> Iterator[tuple[SignatureGroup, dict[str, torch.Tensor]]]:
+        """Stream ``model_ids`` of any architectures as :meth:`iter_stacked` chunks, one signature
+        at a time; each chunk comes as the group of its ids (with their positions in ``model_ids``)
+        and its tensors."""
+        for group in self.by_signature(model_ids):
+            start = 0
+            for chunk, stacked in self.iter_stacked(group.ids, checkpoint, chunk_size):
+                positions = group.positions[start : start + len(chunk)]
+                yield SignatureGroup(group.architecture, group.arch_kwargs, chunk, positions), stacked
+                start += len(chunk)
 
     def iter_stacked(
         self, model_ids: Sequence[str], checkpoint: str = "final", chunk_size: int = 1024

@@ -74,14 +74,13 @@ def main() -> int:
         root = Path(args.zoo) if args.zoo else write_synthetic(work / "set", args.models, n_tasks=20, seed=0)
         ms = modelset.open(root)
         ids = list(ms.metadata.index)
-        # Bulk reads stack one architecture signature at a time, as LPS and the benchmarks do.
-        groups = [g.ids for g in ms.by_signature(ms.metadata.index)]
         n_bytes = 0
         per_model = work / "per_model"
         per_model.mkdir()
-        chunks = [c for g in groups for c in ms.iter_stacked(g, chunk_size=args.chunk_size)]
-        for chunk, stacked in tqdm(chunks, desc="per-model files"):
-            for i, mid in enumerate(chunk):
+        # Bulk reads stack one architecture signature at a time, as LPS and the benchmarks do.
+        chunks = ms.iter_by_signature(ids, chunk_size=args.chunk_size)
+        for chunk, stacked in tqdm(chunks, desc="per-model files", unit="chunk"):
+            for i, mid in enumerate(chunk.ids):
                 state = {k: v[i].clone() for k, v in stacked.items()}
                 n_bytes += sum(t.numel() * t.element_size() for t in state.values())
                 torch.save(state, per_model / f"{mid}.pt")
@@ -90,9 +89,8 @@ def main() -> int:
         buffer = bytearray(max(p.stat().st_size for p in shard_files))
 
         def bulk() -> None:
-            for group in groups:
-                for _chunk, _stacked in ms.iter_stacked(group, chunk_size=args.chunk_size):
-                    pass
+            for _chunk, _stacked in ms.iter_by_signature(ids, chunk_size=args.chunk_size):
+                pass
 
         def per_file() -> None:
             for mid in ids:

@@ -146,6 +146,18 @@ def test_by_signature_groups_ids_in_their_order(toy: Path) -> None:
         ms.by_signature(["m000", "m999"])
 
 
+def test_iter_by_signature_chunks_every_id_once_in_place(toy: Path) -> None:
+    ms = modelset.open(toy)
+    ids = ["m005", "m003", "m000", "m005", "m001"]
+    seen = []
+    for chunk, stacked in ms.iter_by_signature(ids, "init", chunk_size=2):
+        assert len(chunk.ids) <= 2 and [ids[p] for p in chunk.positions] == chunk.ids
+        for j, mid in enumerate(chunk.ids):
+            assert torch.equal(stacked["conv1.weight"][j], ms.state_dict(mid, "init")["conv1.weight"])
+        seen.extend(chunk.positions.tolist())
+    assert sorted(seen) == list(range(len(ids)))
+
+
 def test_torch_datasets(toy: Path) -> None:
     ms = modelset.open(toy)
     ds = ModelDataset(ms, ["m000", "m001", "m002"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pandas as pd
 import pytest
@@ -338,4 +339,15 @@ def test_recipe_pool_runs_a_local_recipe_in_this_process(parent: Parent, data: T
         torch.set_num_threads(1)
     with pytest.raises(ValueError, match="workers must be at least 1"):
         RecipePool(0)
+
+
+def _dying_recipe(parent: Parent, data: TaskTensors, seed: int) -> list:
+    os._exit(1)  # a worker killed mid-call (or one that re-ran an unguarded script and failed)
+
+
+def test_recipe_pool_names_the_cause_of_a_dead_worker(parent: Parent, data: TaskTensors) -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    with pytest.raises(BrokenProcessPool, match="if __name__ == "), RecipePool(2) as pool:
+        pool.submit(_dying_recipe, parent, data, 0, {}).result()
 

@@ -22,13 +22,10 @@ def lps_feature_blocks(ms: ModelSet, ids: list[str]) -> list[dict[str, torch.Ten
     from lps.weights import WeightSpace
 
     out: list[dict[str, torch.Tensor]] = [{} for _ in ids]
-    for group in ms.by_signature(ids):
-        start = 0
-        for chunk, stacked in ms.iter_stacked(group.ids, chunk_size=512):
-            features = compute_features(WeightSpace.from_stacked(group.architecture, group.arch_kwargs, stacked)).flat()
-            for j, pos in enumerate(group.positions[start : start + len(chunk)]):
-                out[pos] = {k: v[j].reshape(-1).float() for k, v in features.items()}
-            start += len(chunk)
+    for chunk, stacked in ms.iter_by_signature(ids, chunk_size=512):
+        features = compute_features(WeightSpace.from_stacked(chunk.architecture, chunk.arch_kwargs, stacked)).flat()
+        for j, pos in enumerate(chunk.positions):
+            out[pos] = {k: v[j].reshape(-1).float() for k, v in features.items()}
     return out
 
 

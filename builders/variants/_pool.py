@@ -13,6 +13,7 @@ import multiprocessing
 import pickle
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import torch
@@ -54,6 +55,7 @@ class RecipePool:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
+        self._sendable: dict[Callable[..., Any], bool] = {}  # one pickling test per recipe
 
     def __enter__(self) -> RecipePool:
         return self
@@ -65,9 +67,11 @@ class RecipePool:
 
     def submit(
         self, recipe: Callable[..., Any], parent: Any, data: Any, seed: int, params: dict
-    ) -> Future | _Deferred:
+    ) -> _Guarded | _Deferred:
         args = (recipe, parent, data, seed, params)
-        if self.workers == 1 or not _can_send(recipe):
+        if recipe not in self._sendable:
+            self._sendable[recipe] = self.workers > 1 and _can_send(recipe)
+        if not self._sendable[recipe]:
             return _Deferred(apply_recipe, *args)
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
@@ -76,7 +80,24 @@ class RecipePool:
                 initializer=_worker_init,
                 initargs=(logging.getLogger().getEffectiveLevel(),),
             )
-        return self._pool.submit(apply_recipe, *args)
+        return _Guarded(self._pool.submit(apply_recipe, *args))
+
+
+class _Guarded:
+    """A worker's ``Future`` whose broken pool is reported with its usual cause."""
+
+    def __init__(self, future: Future) -> None:
+        self.future = future
+
+    def result(self) -> Any:
+        try:
+            return self.future.result()
+        except BrokenProcessPool as exc:
+            raise BrokenProcessPool(
+                "a variant worker process died. Workers are spawned and import the main module: "
+                "a script that builds must do so under `if __name__ == \"__main__\":`; otherwise "
+                "the worker was killed (out of memory?). Set `threads: 1` to run recipes in this process."
+            ) from exc
 
 
 def _can_send(recipe: Callable[..., Any]) -> bool:
