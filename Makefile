@@ -37,12 +37,18 @@ variants: setup
 	$(PY) -m builders.variants tables --modelset $(MODELSET) --out $(RESULTS)/variants
 	@echo "variant tables written to $(RESULTS)/variants"
 
+# LPS for every task fold (checkpoints in LPS_DIR, reused by `make bench`), scored by the benchmark
+# tracks beside the weight-only baseline and the controls; plus one LPS on every model for search.
+LPS_METHODS := lps lps_contrastive flat_cosine random oracle shape_only recipe_only
+
 lps: setup
-	$(PY) -m lps train --zoo $(MODELSET) --out $(LPS_DIR)
-	@echo "LPS written to $(LPS_DIR)"
+	$(PY) -m benchmarks run --zoo $(MODELSET) --results $(RESULTS)/runs --cache $(LPS_DIR) --methods $(LPS_METHODS)
+	$(PY) -m benchmarks leaderboard --results $(RESULTS)/runs --out $(LPS_DIR) --methods $(LPS_METHODS)
+	$(PY) -m lps train --zoo $(MODELSET) --out $(LPS_DIR) --folds --all-tasks
+	@echo "LPS checkpoints and their scores written to $(LPS_DIR) (leaderboard.md)"
 
 bench: setup
-	$(PY) -m benchmarks run --zoo $(MODELSET) --results $(RESULTS)/runs
+	$(PY) -m benchmarks run --zoo $(MODELSET) --results $(RESULTS)/runs --cache $(LPS_DIR)
 	@echo "benchmark results written to $(RESULTS)/runs"
 
 leaderboard: setup

@@ -35,18 +35,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                         help="import MODULE first (e.g. a file of your own @register_method classes); repeatable")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run methods on tracks, one result file per (method, track, seed)")
+    run = sub.add_parser("run", help="run methods on tracks, one result file per (method, track, fold)")
     run.add_argument("--zoo", required=True, help="model set folder")
     run.add_argument("--results", required=True, help="folder for result files")
     run.add_argument("--methods", nargs="+", help="method names (default: all registered)")
     run.add_argument("--tracks", nargs="+", help="track names (default: all registered)")
-    run.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default: 0 1 2)")
+    run.add_argument("--folds", nargs="+", type=int, default=None, help="task folds of the set (default: all)")
+    run.add_argument("--cache", default=None, metavar="DIR",
+                     help="folder of fitted checkpoints to reuse and fill (make lps trains LPS into it)")
     run.add_argument("--set", nargs="*", default=[], metavar="NAME.KEY=VALUE",
                      help="method or track config overrides, e.g. lps.epochs=10 few_shot.episodes=100")
     run.add_argument("--force", action="store_true", help="re-run results that are up to date")
     board = sub.add_parser("leaderboard", help="render leaderboard.{csv,md,html} from result files")
     board.add_argument("--results", required=True, help="folder of result files")
     board.add_argument("--out", required=True, help="output folder")
+    board.add_argument("--methods", nargs="+", help="only these methods (default: every method with results)")
     sub.add_parser("list", help="list registered methods and tracks")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -81,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 raise unknown_name("method or track in --set", unknown[0], list_methods() + sorted(tracks))
             start = time.perf_counter()
-            summary = run_all(args.zoo, args.results, args.methods, args.tracks, args.seeds, method_cfg, track_cfg, args.force)
+            summary = run_all(args.zoo, args.results, args.methods, args.tracks, args.folds, method_cfg, track_cfg,
+                              args.force, cache_dir=args.cache)
             print(
                 f"{len(summary.written)} result files written, {len(summary.skipped)} up to date, "
                 f"{len(summary.failed)} failed, in {time.perf_counter() - start:.1f} s; results in {args.results}"
@@ -89,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if summary.failed else 0
         from benchmarks.leaderboard import render
 
-        paths = render(args.results, args.out)
+        paths = render(args.results, args.out, methods=args.methods)
         print("leaderboard written: " + ", ".join(str(p) for p in paths.values()))
         return 0
     except (ModelSetError, FileNotFoundError) as exc:

@@ -1,10 +1,17 @@
 """The leaderboard: a pure function of the result files.
 
 ``render(results_dir, out_dir)`` reads every result file and writes ``leaderboard.csv`` (one row per
-method: mean and std over seeds of each track's primary metrics), ``leaderboard.md`` (the main
-table, method cards, per-track details) and a self-contained ``leaderboard.html`` (the same tables
-and the plots as base64 PNGs with inline CSS: it opens without network). Nothing is recomputed
-from the model set, so re-running one method re-renders without touching the others.
+method: for each track's primary metrics the mean over held-out tasks, its 95 % bootstrap interval
+and the p-value against the column's best method), ``leaderboard.md`` (the main table, LPS against
+the best weight-only baseline, method cards, per-track details) and a self-contained
+``leaderboard.html`` (the same tables and the plots as base64 PNGs with inline CSS: it opens
+without network). Nothing is recomputed from the model set, so re-running one method re-renders
+without touching the others.
+
+Statistics: the unit is the task (independent across folds, since every task is held out once);
+a unit's value is averaged over the folds that score it. Intervals are percentile bootstraps over
+units; "not significantly different from the best" is a two-sided Wilcoxon signed-rank test over
+the units both methods were scored on, at p ≥ 0.05.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks import _plots
+from benchmarks import _plots, metrics
 from benchmarks.results import Result, load_results
 
 log = logging.getLogger(__name__)
@@ -30,6 +37,8 @@ log = logging.getLogger(__name__)
 LABELS = {
     ("task_classification", "accuracy"): "task acc",
     ("task_classification", "auc"): "pair AUC",
+    ("heldout_recipe", "accuracy"): "out-of-recipe acc",
+    ("heldout_recipe", "auc"): "out-of-recipe AUC",
     ("retrieval", "map"): "mAP",
     ("retrieval", "rank1"): "rank-1",
     ("retrieval", "rank5"): "rank-5",
@@ -40,25 +49,36 @@ LABELS = {
     ("transfer", "kendall_tau"): "transfer τ",
     ("transfer", "regret"): "regret ↓",
 }
-TRACK_ORDER = ("task_classification", "retrieval", "task_relations", "variant_robustness", "few_shot", "transfer")
+TRACK_ORDER = (
+    "task_classification", "heldout_recipe", "retrieval", "task_relations", "variant_robustness", "few_shot", "transfer",
+)  # fmt: skip
 EMBEDDING_MAP_METHODS = ("lps", "lps_contrastive")
+#: Below this test-retest reliability a ground truth is flagged as not reproducible.
+RELIABLE = 0.5
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One method × metric: mean and std over seeds with status ok, or why there is none."""
+    """One method × metric: the mean over units (held-out tasks, pooled over folds) with its 95 %
+    bootstrap interval, the per-unit values behind it, or why there is none."""
 
     mean: float | None
-    std: float | None
+    low: float | None
+    high: float | None
     n: int
     status: str  # "ok", "n/a", "failed", "missing"
+    unit: str = "task"
+    units: tuple[tuple[str, float], ...] = ()
 
     def text(self, digits: int = 3) -> str:
         if self.status != "ok" or self.mean is None:
             return {"n/a": "n/a", "failed": "failed"}.get(self.status, "—")
-        if self.n > 1 and self.std is not None:
-            return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
+        if self.low is not None and self.high is not None and self.n > 1:
+            return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
         return f"{self.mean:.{digits}f}"
+
+    def values(self) -> dict[str, float]:
+        return dict(self.units)
 
 
 def _track_rank(track: str) -> tuple[int, str]:
@@ -73,20 +93,42 @@ def _columns(results: list[Result]) -> list[tuple[str, str]]:
     return [(t, m) for t in sorted(primary, key=_track_rank) for m in primary[t]]
 
 
+def unit_values(rs: list[Result], metric: str) -> tuple[str, dict[str, float]]:
+    """Per-unit values of ``metric`` over the ok results ``rs`` of one method and track: each
+    unit's values averaged over the folds that score it. A result without per-unit values counts
+    as one unit (its fold)."""
+    pooled: dict[str, list[float]] = defaultdict(list)
+    kind = "task"
+    for r in rs:
+        if r.status != "ok":
+            continue
+        per = r.curves.get("per_unit") or {}
+        column = (per.get("metrics") or {}).get(metric)
+        if column is not None and len(column) == len(per.get("ids", [])):
+            kind = str(per.get("unit", "task"))
+            for uid, v in zip(per["ids"], column):
+                if v is not None and math.isfinite(float(v)):
+                    pooled[str(uid)].append(float(v))
+        elif r.metrics.get(metric) is not None:
+            kind = "fold"
+            pooled[f"fold{r.fold}"].append(float(r.metrics[metric]))
+    return kind, {u: float(np.mean(v)) for u, v in sorted(pooled.items())}
+
+
 def _cell(rs: list[Result], metric: str) -> Cell:
-    ok = [r.metrics.get(metric) for r in rs if r.status == "ok"]
-    values = [float(v) for v in ok if v is not None]
-    if values:
-        std = float(np.std(values, ddof=1)) if len(values) > 1 else None
-        return Cell(float(np.mean(values)), std, len(values), "ok")
-    if ok:  # ran, but the metric is undefined (e.g. a constant scorer's rank correlation)
-        return Cell(None, None, 0, "ok")
+    kind, units = unit_values(rs, metric)
+    if units:
+        mean, low, high = metrics.bootstrap_ci(list(units.values()))
+        finite = [x if math.isfinite(x) else None for x in (low, high)]
+        return Cell(mean, finite[0], finite[1], len(units), "ok", kind, tuple(units.items()))
+    if any(r.status == "ok" for r in rs):  # ran, but the metric is undefined (a constant scorer's τ)
+        return Cell(None, None, None, 0, "ok")
     statuses = {r.status for r in rs}
     if "failed" in statuses:
-        return Cell(None, None, 0, "failed")
+        return Cell(None, None, None, 0, "failed")
     if statuses == {"not_applicable"}:
-        return Cell(None, None, 0, "n/a")
-    return Cell(None, None, 0, "missing")
+        return Cell(None, None, None, 0, "n/a")
+    return Cell(None, None, None, 0, "missing")
 
 
 def _methods(results: list[Result]) -> dict[str, dict[str, Any]]:
@@ -127,23 +169,91 @@ def _is_control(meta: dict[str, Any]) -> bool:
     return bool(meta.get("control") or meta.get("privileged"))
 
 
-def _best(methods: list[str], columns: list[tuple[str, str]], cells: dict, results: list[Result]) -> set[tuple[str, str, str]]:
-    """Best cell per column among non-privileged methods (bold in the tables)."""
+def _lower(results: list[Result], track: str, metric: str) -> bool:
+    return any(metric in r.track_meta.get("lower_is_better", []) for r in results if r.track == track)
+
+
+def _paired(a: Cell, b: Cell) -> tuple[np.ndarray, np.ndarray]:
+    """Values of the units both cells have, aligned."""
+    va, vb = a.values(), b.values()
+    common = sorted(set(va) & set(vb))
+    return np.asarray([va[u] for u in common]), np.asarray([vb[u] for u in common])
+
+
+def significance(methods: list[str], columns: list[tuple[str, str]], cells: dict, results: list[Result]) -> dict[tuple[str, str, str], float]:
+    """Per column, the best non-control method (p = 1.0) and every other non-control method's
+    p-value against it: Wilcoxon signed-rank test over the units both were scored on."""
     metas = _methods(results)
-    best = set()
+    out: dict[tuple[str, str, str], float] = {}
     for t, k in columns:
-        lower = any(k in r.track_meta.get("lower_is_better", []) for r in results if r.track == t)
+        lower = _lower(results, t, k)
         vals = {m: cells[(m, t, k)].mean for m in methods if cells[(m, t, k)].mean is not None and not _is_control(metas[m])}
-        if vals:
-            target = min(vals.values()) if lower else max(vals.values())
-            best |= {(m, t, k) for m, v in vals.items() if v == target}
-    return best
+        if not vals:
+            continue
+        best = min(vals, key=vals.get) if lower else max(vals, key=vals.get)
+        for m in vals:
+            if m == best:
+                out[(m, t, k)] = 1.0
+                continue
+            a, b = _paired(cells[(best, t, k)], cells[(m, t, k)])
+            out[(m, t, k)] = metrics.paired_test(a, b) if len(a) >= 2 else float("nan")
+    return out
+
+
+def _best(methods: list[str], columns: list[tuple[str, str]], cells: dict, results: list[Result]) -> set[tuple[str, str, str]]:
+    """The best cell per column among non-control methods and every cell not significantly
+    different from it (paired test, p ≥ 0.05): bold in the tables."""
+    alpha = 1 - metrics.CONFIDENCE
+    return {key for key, p in significance(methods, columns, cells, results).items() if not (p < alpha)}
+
+
+def weight_only(meta: dict[str, Any]) -> bool:
+    """A baseline that reads weights only: not a control, no task data, not an LPS variant."""
+    return not _is_control(meta) and not meta.get("needs_data") and not str(meta.get("name", "")).startswith("lps")
+
+
+def lps_versus_baseline(results: list[Result], method: str = "lps") -> list[dict[str, Any]]:
+    """Per track (first primary metric): ``method`` minus the best weight-only baseline, with the
+    95 % bootstrap interval of the paired difference over units and the Wilcoxon p-value."""
+    methods, columns, cells = table(results)
+    metas = _methods(results)
+    out = []
+    seen = set()
+    for t, k in columns:
+        if t in seen or (method, t, k) not in cells or cells[(method, t, k)].mean is None:
+            continue
+        seen.add(t)
+        lower = _lower(results, t, k)
+        rivals = {m: cells[(m, t, k)].mean for m in methods if m != method and weight_only(metas[m]) and cells[(m, t, k)].mean is not None}
+        if not rivals:
+            continue
+        rival = min(rivals, key=rivals.get) if lower else max(rivals, key=rivals.get)
+        a, b = _paired(cells[(method, t, k)], cells[(rival, t, k)])
+        if len(a) == 0:
+            continue
+        diff, low, high = metrics.bootstrap_ci(a - b)
+        out.append({"track": t, "metric": k, "baseline": rival, "difference": diff, "low": low, "high": high,
+                    "p_value": metrics.paired_test(a, b), "units": len(a), "unit": cells[(method, t, k)].unit,
+                    "lower_is_better": lower})
+    return out
+
+
+def reliability(results: list[Result]) -> dict[str, float]:
+    """Per track, the test-retest reliability of its ground truth, where the track records one."""
+    out = {}
+    for r in results:
+        v = r.metrics.get("ground_truth_reliability") if r.status == "ok" else None
+        if v is not None:
+            out.setdefault(r.track, float(v))
+    return out
 
 
 def leaderboard_frame(results: list[Result]) -> pd.DataFrame:
-    """The CSV table: one row per method, ``{track}.{metric}.mean/.std/.n`` columns plus metadata."""
+    """The CSV table: one row per method, ``{track}.{metric}.mean/.low/.high/.n/.p/.status``
+    columns plus metadata (``.p``: paired test against the column's best method)."""
     methods, columns, cells = table(results)
     metas = _methods(results)
+    pvalues = significance(methods, columns, cells, results)
     rows = []
     for m in methods:
         row: dict[str, Any] = {
@@ -152,19 +262,41 @@ def leaderboard_frame(results: list[Result]) -> pd.DataFrame:
             "needs_data": bool(metas[m].get("needs_data")),
             "privileged": bool(metas[m].get("privileged")),
             "control": _is_control(metas[m]),
-            "seeds": len({r.seed for r in results if r.method == m}),
+            "folds": len({r.fold for r in results if r.method == m}),
         }
         for t, k in columns:
             c = cells[(m, t, k)]
             row[f"{t}.{k}.mean"] = c.mean
-            row[f"{t}.{k}.std"] = c.std
+            row[f"{t}.{k}.low"] = c.low
+            row[f"{t}.{k}.high"] = c.high
+            row[f"{t}.{k}.n"] = c.n
+            row[f"{t}.{k}.p"] = pvalues.get((m, t, k))
             row[f"{t}.{k}.status"] = c.status
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _header(t: str, k: str) -> str:
-    return LABELS.get((t, k), f"{t}.{k}")
+def _header(t: str, k: str, reliable: dict[str, float] | None = None) -> str:
+    label = LABELS.get((t, k), f"{t}.{k}")
+    value = (reliable or {}).get(t)
+    if value is not None and value < RELIABLE:
+        label += " (ground truth not reproducible)"
+    return label
+
+
+def _notes(results: list[Result]) -> list[str]:
+    """Sentences under the main table: ground-truth reliability and LPS against the baselines."""
+    lines = []
+    for track, value in sorted(reliability(results).items(), key=lambda x: _track_rank(x[0])):
+        verdict = "reproducible" if value >= RELIABLE else f"below {RELIABLE}: not reproducible, read the column with care"
+        lines.append(f"Ground truth of `{track}`: test–retest reliability {value:.3f} (Spearman–Brown over two independent halves; {verdict}).")
+    for row in lps_versus_baseline(results):
+        better = "lower is better" if row["lower_is_better"] else "higher is better"
+        lines.append(
+            f"LPS − {row['baseline']} on `{row['track']}` {row['metric']} ({better}): {row['difference']:+.3f} "
+            f"[{row['low']:+.3f}, {row['high']:+.3f}], Wilcoxon p = {row['p_value']:.3g} over {row['units']} {row['unit']}s."
+        )
+    return lines
 
 
 def _not_applicable(results: list[Result]) -> dict[str, str]:
@@ -176,13 +308,13 @@ def _not_applicable(results: list[Result]) -> dict[str, str]:
 
 
 def _details(results: list[Result]) -> dict[str, pd.DataFrame]:
-    """Per track: methods × every reported metric (mean ± std text)."""
+    """Per track: methods × every reported metric (mean [95 % interval] text)."""
     out = {}
     for track in sorted({r.track for r in results}, key=_track_rank):
         rs = [r for r in results if r.track == track and r.status == "ok"]
         if not rs:
             continue
-        metric_names = sorted({k for r in rs for k in r.metrics})
+        metric_names = sorted({k for r in rs for k in r.metrics if k != "ground_truth_reliability"})
         rows = {}
         for m in sorted({r.method for r in rs}):
             mine = [r for r in rs if r.method == m]
@@ -197,18 +329,21 @@ def markdown(results: list[Result]) -> str:
     best = _best(methods, columns, cells, results)
     metas = _methods(results)
     zoo = results[0].zoo if results else {}
-    seeds = sorted({r.seed for r in results})
+    folds = sorted({r.fold for r in results})
+    reliable = reliability(results)
     lines = [
         "# ModelSet leaderboard",
         "",
         f"Model set **{zoo.get('name', '?')}** ({zoo.get('models', '?')} models, SHA256SUMS digest "
-        f"`{str(zoo.get('sha256sums_sha256', ''))[:12]}`), seeds {seeds}, from {len(results)} result files. "
-        "Mean ± std over seeds; learned methods are fit on training-task models only. "
-        "Best non-control value per column in bold; controls (random, oracle) are listed last; "
-        "† marks methods that read the task labels.",
+        f"`{str(zoo.get('sha256sums_sha256', ''))[:12]}`), task folds {folds}, from {len(results)} result files. "
+        "Each cell: mean over held-out tasks [95 % bootstrap interval]; every task is held out in exactly one "
+        "fold and learned methods are fit on that fold's training models only. Bold: the best non-control "
+        "method of the column and every method not significantly different from it (two-sided Wilcoxon "
+        "signed-rank test over tasks, p ≥ 0.05). Controls (random, oracle, shape_only, recipe_only) are listed "
+        "last; † marks methods that read the task labels.",
         "",
     ]
-    header = ["method", "learned", "data"] + [_header(t, k) for t, k in columns]
+    header = ["method", "learned", "data"] + [_header(t, k, reliable) for t, k in columns]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] * 3 + ["---:"] * len(columns)) + "|")
     for m in methods:
@@ -219,6 +354,9 @@ def markdown(results: list[Result]) -> str:
             text = cells[(m, t, k)].text()
             row.append(f"**{text}**" if (m, t, k) in best else text)
         lines.append("| " + " | ".join(row) + " |")
+    notes = _notes(results)
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
     na = _not_applicable(results)
     if na:
         lines += ["", "Tracks not applicable to this model set:", ""]
@@ -256,10 +394,10 @@ def _plain_md(frame: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
-def _first_seed(results: list[Result], track: str) -> dict[str, Result]:
-    """Per method, its ok result of ``track`` with the lowest seed (curves are shown for one seed)."""
+def _first_fold(results: list[Result], track: str) -> dict[str, Result]:
+    """Per method, its ok result of ``track`` with the lowest fold (curves are shown for one fold)."""
     out: dict[str, Result] = {}
-    for r in sorted(results, key=lambda r: r.seed):
+    for r in sorted(results, key=lambda r: r.fold):
         if r.track == track and r.status == "ok":
             out.setdefault(r.method, r)
     return out
@@ -268,12 +406,12 @@ def _first_seed(results: list[Result], track: str) -> dict[str, Result]:
 def figures(results: list[Result]) -> list[tuple[str, str, str]]:
     """``(title, caption, base64 PNG)`` of every plot the result files support."""
     out = []
-    roc = _first_seed(results, "task_classification")
+    roc = _first_fold(results, "task_classification")
     if roc:
         curves = {m: r.curves["roc"] for m, r in roc.items() if r.curves.get("roc")}
-        out.append(("ROC curves", f"Pair verification on held-out models of seen tasks, seed {min(r.seed for r in roc.values())}; AUC in brackets.",
+        out.append(("ROC curves", f"Pair verification on held-out models of seen tasks, fold {min(r.fold for r in roc.values())}; AUC in brackets.",
                     _plots.roc_curves(curves, {m: r.metrics.get("auc") for m, r in roc.items()})))
-    ret = _first_seed(results, "retrieval")
+    ret = _first_fold(results, "retrieval")
     if ret:
         curves = {m: r.curves["cmc"] for m, r in ret.items() if r.curves.get("cmc")}
         out.append(("Retrieval CMC curves", "Fraction of held-out-task queries with a same-task model among the top k.", _plots.cmc_curves(curves)))
@@ -283,7 +421,7 @@ def figures(results: list[Result]) -> list[tuple[str, str, str]]:
         if chosen is not None:
             out.append((f"Embedding map: {chosen}", "PCA of unit-norm embeddings of every test model (held-out models and held-out tasks).",
                         _plots.embedding_map(chosen, ret[chosen].curves["map2d"])))
-    rel = _first_seed(results, "task_relations")
+    rel = _first_fold(results, "task_relations")
     if rel:
         any_r = next(iter(rel.values()))
         matrices = {m: r.curves["matrix"] for m, r in rel.items() if r.curves.get("matrix")}
@@ -293,7 +431,7 @@ def figures(results: list[Result]) -> list[tuple[str, str, str]]:
     if var:
         out.append(("Variants: accuracy vs FLOPs", "Each dot a model of the zoo, each cross a family's mean (from the model table).",
                     _plots.tradeoff(var[0].curves["tradeoff"])))
-    few = _first_seed(results, "few_shot")
+    few = _first_fold(results, "few_shot")
     if few:
         per = {m: {c: (v["accuracy"], v["ci95"]) for c, v in r.curves.get("per_context", {}).items()} for m, r in few.items()}
         out.append(("Flexible few-shot", "Episode accuracy by grouping context with 95% intervals.", _plots.few_shot_bars(per)))
@@ -316,18 +454,21 @@ def html_page(results: list[Result]) -> str:
     best = _best(methods, columns, cells, results)
     metas = _methods(results)
     zoo = results[0].zoo if results else {}
+    reliable = reliability(results)
     esc = html.escape
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>ModelSet leaderboard</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>ModelSet leaderboard</h1>",
         f"<p class='note'>Model set <b>{esc(str(zoo.get('name', '?')))}</b> ({esc(str(zoo.get('models', '?')))} models), "
-        f"seeds {sorted({r.seed for r in results})}, {len(results)} result files, the newest from "
-        f"{esc(max(r.created for r in results))}. Mean ± std over seeds. "
-        "Bold: best non-control value; controls (grey) are listed last. † reads the task labels.</p>",
+        f"task folds {sorted({r.fold for r in results})}, {len(results)} result files, the newest from "
+        f"{esc(max(r.created for r in results))}. Each cell: mean over held-out tasks [95 % bootstrap interval]. "
+        "Bold: the best non-control method and every method not significantly different from it "
+        "(two-sided Wilcoxon signed-rank test over tasks, p ≥ 0.05); controls (grey) are listed last. "
+        "† reads the task labels.</p>",
         "<h2>Main table</h2><table><tr><th>method</th><th>learned</th><th>data</th>",
     ]
-    parts += [f"<th>{esc(_header(t, k))}</th>" for t, k in columns]
+    parts += [f"<th>{esc(_header(t, k, reliable))}</th>" for t, k in columns]
     parts.append("</tr>")
     for m in methods:
         meta = metas[m]
@@ -339,6 +480,9 @@ def html_page(results: list[Result]) -> str:
             parts.append(f"<td class='{klass}'>{esc(cells[(m, t, k)].text())}</td>")
         parts.append("</tr>")
     parts.append("</table>")
+    notes = _notes(results)
+    if notes:
+        parts.append("<ul class='note'>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
     na = _not_applicable(results)
     if na:
         parts.append("<p class='note'>Not applicable to this model set: " + "; ".join(
@@ -366,10 +510,14 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def render(results_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict[str, Path]:
+def render(
+    results_dir: str | os.PathLike, out_dir: str | os.PathLike, methods: list[str] | None = None
+) -> dict[str, Path]:
     """Write ``leaderboard.csv``, ``leaderboard.md`` and ``leaderboard.html`` into ``out_dir``
-    from the result files of ``results_dir`` alone; returns their paths."""
+    from the result files of ``results_dir`` alone (only ``methods``' if given); returns their paths."""
     results = load_results(results_dir)
+    if methods:
+        results = [r for r in results if r.method in set(methods)]
     if not results:
         raise FileNotFoundError(f"{results_dir}: no result files (run `python -m benchmarks run` first)")
     out = Path(out_dir)

@@ -1,157 +1,190 @@
-"""Metrics of the tracks, written out in numpy so each is short and checked in the tests against
-scikit-learn or scipy on known inputs.
+"""Every metric of the benchmark, in one place: the tracks compute scores only through this module.
 
-Conventions: ``scores`` are "higher means more similar / more likely positive"; ``labels`` are
-0/1 relevance. Ties in scores are handled the way the reference libraries handle them (average
-ranks for AUC and rank correlations, sklearn's step-wise precision for average precision).
+Wherever scikit-learn or scipy has the metric, this module calls it and only adds the conventions
+of the benchmark: ``scores`` are "higher means more similar / more likely positive"; ``labels`` are
+0/1 relevance; a metric that is undefined on its input (one class only, a constant list) is NaN
+instead of an exception. The statistics of the leaderboard — bootstrap intervals over held-out
+tasks and paired tests between methods — live here too.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
+from sklearn import metrics as skm
+
+#: Resamples of every bootstrap interval (percentile method, fixed seed: intervals are reproducible).
+BOOTSTRAP_RESAMPLES = 2000
+#: Level of every interval and of the "not significantly different from the best" marks.
+CONFIDENCE = 0.95
 
 
-def _as_1d(x: np.ndarray | list, name: str) -> np.ndarray:
+def _as_1d(x: np.ndarray | Sequence[float], name: str) -> np.ndarray:
     arr = np.asarray(x, dtype=np.float64).reshape(-1)
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name}: expected finite values, found NaN or Inf")
     return arr
 
 
-def accuracy(predicted: np.ndarray | list, truth: np.ndarray | list) -> float:
+def _two_classes(labels: np.ndarray) -> bool:
+    positives = int((labels > 0.5).sum())
+    return 0 < positives < labels.size
+
+
+def accuracy(predicted: np.ndarray | Sequence, truth: np.ndarray | Sequence) -> float:
     """Fraction of positions where ``predicted == truth`` (both ``(n,)``)."""
     p, t = np.asarray(predicted), np.asarray(truth)
     if p.shape != t.shape or p.size == 0:
         raise ValueError(f"accuracy: shapes {p.shape} and {t.shape} must match and be non-empty")
-    return float(np.mean(p == t))
+    return float(skm.accuracy_score(t, p))
 
 
-def roc_auc(labels: np.ndarray | list, scores: np.ndarray | list) -> float:
-    """Area under the ROC curve via the Mann-Whitney U statistic (average ranks for ties).
-
-    ``labels`` ``(n,)`` 0/1, ``scores`` ``(n,)``. NaN when only one class is present.
-    """
+def roc_auc(labels: np.ndarray | Sequence, scores: np.ndarray | Sequence) -> float:
+    """Area under the ROC curve (scikit-learn); NaN when only one class is present."""
     y, s = _as_1d(labels, "labels"), _as_1d(scores, "scores")
-    pos = y > 0.5
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = stats.rankdata(s)  # average ranks: a tie counts one half, as in sklearn
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(skm.roc_auc_score(y > 0.5, s)) if _two_classes(y) else float("nan")
 
 
-def roc_curve(labels: np.ndarray | list, scores: np.ndarray | list) -> tuple[np.ndarray, np.ndarray]:
+def roc_curve(labels: np.ndarray | Sequence, scores: np.ndarray | Sequence) -> tuple[np.ndarray, np.ndarray]:
     """False and true positive rates ``(m,)`` at every distinct threshold, from (0, 0) to (1, 1)."""
     y, s = _as_1d(labels, "labels"), _as_1d(scores, "scores")
-    order = np.argsort(-s, kind="mergesort")
-    y, s = y[order], s[order]
-    distinct = np.r_[np.where(np.diff(s))[0], y.size - 1]  # last index of each tie group
-    tps = np.cumsum(y)[distinct]
-    fps = (distinct + 1) - tps
-    tpr = np.r_[0.0, tps / max(tps[-1], 1)]
-    fpr = np.r_[0.0, fps / max(fps[-1], 1)]
+    if not _two_classes(y):
+        return np.array([0.0, 1.0]), np.array([0.0, 1.0])
+    fpr, tpr, _ = skm.roc_curve(y > 0.5, s, drop_intermediate=False)
     return fpr, tpr
 
 
-def average_precision(labels: np.ndarray | list, scores: np.ndarray | list) -> float:
-    """Average precision of one ranked list: sum over thresholds of (ΔR) · P (sklearn's definition).
-
-    NaN when there is no positive.
-    """
+def average_precision(labels: np.ndarray | Sequence, scores: np.ndarray | Sequence) -> float:
+    """Average precision of one ranked list (scikit-learn); NaN when there is no positive."""
     y, s = _as_1d(labels, "labels"), _as_1d(scores, "scores")
-    n_pos = y.sum()
-    if n_pos == 0:
+    if not (y > 0.5).any():
         return float("nan")
-    order = np.argsort(-s, kind="mergesort")
-    y, s = y[order], s[order]
-    distinct = np.r_[np.where(np.diff(s))[0], y.size - 1]
-    tps = np.cumsum(y)[distinct]
-    precision = tps / (distinct + 1)
-    recall = tps / n_pos
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return float(skm.average_precision_score(y > 0.5, s))
+
+
+def average_precisions(relevance: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Average precision of each query (row) of ``(n_queries, n_gallery)``; NaN for rows without
+    a relevant item."""
+    return np.asarray([average_precision(r, s) for r, s in zip(np.asarray(relevance), np.asarray(scores))])
 
 
 def mean_average_precision(relevance: np.ndarray, scores: np.ndarray) -> float:
-    """Mean over queries (rows) of the average precision; queries without a positive are skipped.
-
-    ``relevance`` and ``scores`` are ``(n_queries, n_gallery)``.
-    """
-    values = [average_precision(r, s) for r, s in zip(np.asarray(relevance), np.asarray(scores))]
-    values = [v for v in values if not math.isnan(v)]
-    return float(np.mean(values)) if values else float("nan")
+    """Mean over queries of the average precision; queries without a relevant item are skipped."""
+    return nanmean(average_precisions(relevance, scores))
 
 
-def cmc(relevance: np.ndarray, scores: np.ndarray, max_rank: int = 10, ties: str = "expected") -> np.ndarray:
-    """Cumulative match characteristic ``(max_rank,)``: entry ``k-1`` is the fraction of queries
-    with a relevant item among their top ``k``. Queries without a relevant item are skipped.
+def cmc_hits(relevance: np.ndarray, scores: np.ndarray, max_rank: int = 10, ties: str = "expected") -> np.ndarray:
+    """Per query ``(n_queries, max_rank)``: the probability of a relevant item among its top ``k``
+    (column ``k-1``); NaN rows for queries without a relevant item.
 
-    ``ties="expected"`` (default) averages over every order of tied items, so a constant scorer
-    lands exactly at chance; ``"pessimistic"`` ranks relevant items after the irrelevant items
-    they tie with.
+    ``ties="expected"`` averages over every order of tied items, so a constant scorer lands
+    exactly at chance; ``"pessimistic"`` ranks relevant items after the irrelevant items they tie
+    with. (Neither scikit-learn nor scipy has a tie-aware cumulative match characteristic.)
     """
     if ties not in ("expected", "pessimistic"):
         raise ValueError(f"cmc: ties must be 'expected' or 'pessimistic', got {ties!r}")
     rel, sc = np.asarray(relevance, dtype=bool), np.asarray(scores, dtype=np.float64)
-    keep = rel.any(axis=1)
-    rel, sc = rel[keep], sc[keep]
-    if rel.shape[0] == 0:
-        return np.full(max_rank, np.nan)
-    best = np.where(rel, sc, -np.inf).max(axis=1)[:, None]
-    above = (sc > best).sum(axis=1)  # all irrelevant: best is the top relevant score
-    tied_rel = ((sc == best) & rel).sum(axis=1)
-    tied_irr = ((sc == best) & ~rel).sum(axis=1)
-    out = np.zeros((rel.shape[0], max_rank))
+    out = np.full((rel.shape[0], max_rank), np.nan)
     for q in range(rel.shape[0]):
-        a, b, g = int(tied_rel[q]), int(tied_irr[q]), int(above[q])
+        if not rel[q].any():
+            continue
+        best = sc[q][rel[q]].max()
+        g = int((sc[q] > best).sum())  # above the best relevant: all irrelevant
+        a = int(((sc[q] == best) & rel[q]).sum())
+        b = int(((sc[q] == best) & ~rel[q]).sum())
         for k in range(1, max_rank + 1):
             m = k - g  # places left for the tie group within the top k
             if m <= 0:
-                continue
-            if ties == "pessimistic":
+                out[q, k - 1] = 0.0
+            elif ties == "pessimistic":
                 out[q, k - 1] = float(m > b)
             else:  # P(some relevant among the first m of a random order of a + b items)
                 out[q, k - 1] = 1.0 if m > b else 1.0 - math.comb(b, m) / math.comb(a + b, m)
-    return out.mean(axis=0)
+    return out
 
 
-def spearman(a: np.ndarray | list, b: np.ndarray | list) -> float:
-    """Spearman rank correlation: Pearson correlation of average ranks. NaN if one is constant."""
+def cmc(relevance: np.ndarray, scores: np.ndarray, max_rank: int = 10, ties: str = "expected") -> np.ndarray:
+    """Cumulative match characteristic ``(max_rank,)``: the mean of :func:`cmc_hits` over queries
+    that have a relevant item."""
+    hits = cmc_hits(relevance, scores, max_rank, ties)
+    hits = hits[~np.isnan(hits[:, 0])] if hits.size else hits
+    return hits.mean(axis=0) if len(hits) else np.full(max_rank, np.nan)
+
+
+def spearman(a: np.ndarray | Sequence, b: np.ndarray | Sequence) -> float:
+    """Spearman rank correlation (scipy); NaN when either list is constant or shorter than 2."""
     x, y = _as_1d(a, "a"), _as_1d(b, "b")
     if x.size != y.size:
         raise ValueError(f"spearman: lengths differ ({x.size} vs {y.size})")
-    return _pearson(stats.rankdata(x), stats.rankdata(y))
+    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(stats.spearmanr(x, y).statistic)
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    x, y = x - x.mean(), y - y.mean()
-    denom = math.sqrt(float((x * x).sum() * (y * y).sum()))
-    return float((x * y).sum() / denom) if denom > 0 else float("nan")
-
-
-def kendall_tau(a: np.ndarray | list, b: np.ndarray | list) -> float:
-    """Kendall's τ-b (ties in either list corrected for), O(n²) over pairs. NaN if one is constant."""
+def kendall_tau(a: np.ndarray | Sequence, b: np.ndarray | Sequence) -> float:
+    """Kendall's τ-b (scipy; ties in either list corrected for). NaN when either list is constant."""
     x, y = _as_1d(a, "a"), _as_1d(b, "b")
     if x.size != y.size:
         raise ValueError(f"kendall_tau: lengths differ ({x.size} vs {y.size})")
-    iu = np.triu_indices(x.size, k=1)
-    dx = np.sign(x[:, None] - x[None, :])[iu]
-    dy = np.sign(y[:, None] - y[None, :])[iu]
-    concordance = float((dx * dy).sum())
-    denom = math.sqrt(float((dx != 0).sum()) * float((dy != 0).sum()))
-    return concordance / denom if denom > 0 else float("nan")
+    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(stats.kendalltau(x, y).statistic)
 
 
-def mean_ci95(values: np.ndarray | list) -> tuple[float, float]:
-    """Mean and half-width of its 95 % normal interval (1.96 · std / √n, std with ddof=1)."""
+def nanmean(values: np.ndarray | Sequence[float | None]) -> float:
+    """Mean of the finite values (None and NaN skipped); NaN when there is none."""
+    arr = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
+    finite = arr[np.isfinite(arr)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+def mean_ci95(values: np.ndarray | Sequence[float]) -> tuple[float, float]:
+    """Mean and half-width of its 95 % Student-t interval (scipy); NaN half-width below 2 values."""
     v = _as_1d(values, "values")
     if v.size == 0:
         return float("nan"), float("nan")
-    if v.size == 1:
-        return float(v[0]), float("nan")
-    return float(v.mean()), float(1.96 * v.std(ddof=1) / math.sqrt(v.size))
+    if v.size == 1 or np.ptp(v) == 0:
+        return float(v.mean()), float("nan") if v.size == 1 else 0.0
+    low, high = stats.t.interval(CONFIDENCE, v.size - 1, loc=v.mean(), scale=stats.sem(v))
+    return float(v.mean()), float((high - low) / 2)
+
+
+def bootstrap_ci(values: np.ndarray | Sequence[float], seed: int = 0) -> tuple[float, float, float]:
+    """Mean of ``values`` (one per independent unit, e.g. held-out task) and its 95 % bootstrap
+    interval ``(mean, low, high)`` (scipy, percentile method). The interval is ``(mean, mean)``
+    when all values agree and NaN with fewer than 2 values."""
+    v = _as_1d(values, "values")
+    if v.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(v.mean())
+    if v.size < 2:
+        return mean, float("nan"), float("nan")
+    if np.ptp(v) == 0:
+        return mean, mean, mean
+    res = stats.bootstrap(
+        (v,), np.mean, n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=CONFIDENCE,
+        method="percentile", random_state=np.random.default_rng(seed),
+    )  # fmt: skip
+    return mean, float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def paired_test(a: np.ndarray | Sequence[float], b: np.ndarray | Sequence[float]) -> float:
+    """Two-sided p-value of the Wilcoxon signed-rank test (scipy) on paired values ``a`` and ``b``
+    (one pair per unit). 1.0 when every pair is equal; NaN with fewer than 2 pairs."""
+    x, y = _as_1d(a, "a"), _as_1d(b, "b")
+    if x.size != y.size:
+        raise ValueError(f"paired_test: lengths differ ({x.size} vs {y.size})")
+    if x.size < 2:
+        return float("nan")
+    if np.all(x == y):
+        return 1.0
+    with warnings.catch_warnings():  # scipy warns about ties and small samples; the p-value stands
+        warnings.simplefilter("ignore")
+        return float(stats.wilcoxon(x, y, zero_method="zsplit").pvalue)
 
 
 def downsample_curve(x: np.ndarray, y: np.ndarray, max_points: int = 200) -> tuple[list[float], list[float]]:
@@ -173,3 +206,23 @@ def expected_random_ap(n_relevant: int, n_items: int) -> float:
     harmonic = float(np.sum(1.0 / np.arange(1, n + 1)))
     spread = (r - 1) / (n - 1) if n > 1 else 0.0
     return (harmonic + spread * (n - harmonic)) / n
+
+
+def per_unit(units: Sequence[str], **values: Sequence[float]) -> dict:
+    """The ``curves["per_unit"]`` record of a track: the mean of each metric's per-item values
+    grouped by unit (e.g. a query's task). ``values`` map a metric name to one value per item,
+    aligned with ``units``; NaN items are skipped, units without a finite value give None."""
+    units = [str(u) for u in units]
+    ids = sorted(set(units))
+    out: dict[str, list[float | None]] = {}
+    index = np.asarray(units)
+    for name, vals in values.items():
+        arr = np.asarray(vals, dtype=np.float64)
+        if arr.shape != (len(units),):
+            raise ValueError(f"per_unit: {name} has {arr.shape} values for {len(units)} items")
+        column = []
+        for u in ids:
+            m = nanmean(arr[index == u])
+            column.append(None if math.isnan(m) else round(m, 6))
+        out[name] = column
+    return {"unit": "task", "ids": ids, "metrics": out}

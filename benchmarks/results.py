@@ -1,9 +1,9 @@
-"""Result files: one typed JSON file per (method, track, seed), the only input of the leaderboard.
+"""Result files: one typed JSON file per (method, track, fold), the only input of the leaderboard.
 
-A file records the method's metadata and config, the track's metadata and config, the seed, the
+A file records the method's metadata and config, the track's metadata and config, the fold, the
 split's sizes, the metrics, the curves the leaderboard plots, timings, and an ``input_hash`` over
 everything that determines the result (method metadata and config, the model set's SHA256SUMS,
-track config, seed, schema version). The runner skips a (method, track, seed) whose file exists
+track config, fold, schema version). The runner skips a (method, track, fold) whose file exists
 with the same hash and a final status ("ok" or "not_applicable").
 """
 
@@ -21,7 +21,7 @@ from modelset.errors import ModelSetError
 from modelset.format import CHECKSUMS_FILE
 from modelset.reader import ModelSet
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: results per task fold (``fold``), per-unit values in curves
 STATUSES = ("ok", "not_applicable", "failed")
 FINAL_STATUSES = ("ok", "not_applicable")
 
@@ -32,11 +32,12 @@ class ResultError(ModelSetError):
 
 @dataclass
 class Result:
-    """One (method, track, seed) outcome. ``metrics`` values are floats or None (NaN)."""
+    """One (method, track, fold) outcome. ``metrics`` values are floats or None (NaN);
+    ``curves["per_unit"]`` holds the per-task values the leaderboard's intervals and tests use."""
 
     method: str
     track: str
-    seed: int
+    fold: int
     status: str
     input_hash: str
     method_meta: dict[str, Any]
@@ -54,16 +55,16 @@ class Result:
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
-            raise ResultError(f"result {self.method}/{self.track}/seed {self.seed}: status {self.status!r} not in {STATUSES}")
+            raise ResultError(f"result {self.method}/{self.track}/fold {self.fold}: status {self.status!r} not in {STATUSES}")
 
     @property
     def learned(self) -> bool:
         return bool(self.method_meta.get("learned", False))
 
 
-def result_path(results_dir: str | os.PathLike, method: str, track: str, seed: int) -> Path:
-    """``{results_dir}/{method}__{track}__seed{seed}.json``."""
-    return Path(results_dir) / f"{method}__{track}__seed{seed}.json"
+def result_path(results_dir: str | os.PathLike, method: str, track: str, fold: int) -> Path:
+    """``{results_dir}/{method}__{track}__fold{fold}.json``."""
+    return Path(results_dir) / f"{method}__{track}__fold{fold}.json"
 
 
 def _finite(value: Any) -> Any:
@@ -79,7 +80,7 @@ def _finite(value: Any) -> Any:
 
 def write_result(results_dir: str | os.PathLike, result: Result) -> Path:
     """Write ``result`` atomically (temporary name, then rename); returns its path."""
-    path = result_path(results_dir, result.method, result.track, result.seed)
+    path = result_path(results_dir, result.method, result.track, result.fold)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_finite(asdict(result)), indent=1, sort_keys=True, allow_nan=False)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -114,12 +115,12 @@ def read_result(path: str | os.PathLike) -> Result:
 
 
 def load_results(results_dir: str | os.PathLike) -> list[Result]:
-    """Every result file of ``results_dir``, sorted by (track, method, seed)."""
+    """Every result file of ``results_dir``, sorted by (track, method, fold)."""
     folder = Path(results_dir)
     if not folder.is_dir():
         raise ResultError(f"{folder}: no such results folder (run `python -m benchmarks run` first)")
-    results = [read_result(p) for p in sorted(folder.glob("*__*__seed*.json"))]
-    return sorted(results, key=lambda r: (r.track, r.method, r.seed))
+    results = [read_result(p) for p in sorted(folder.glob("*__*__fold*.json"))]
+    return sorted(results, key=lambda r: (r.track, r.method, r.fold))
 
 
 def zoo_digest(ms: ModelSet) -> str:
@@ -130,9 +131,15 @@ def zoo_digest(ms: ModelSet) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def folds_digest(ms: ModelSet) -> str:
+    """SHA256 of the set's task folds: a result is stale when the protocol changes."""
+    doc = [split.to_dict() for split in ms.folds]
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
 def input_hash(
     method_meta: dict[str, Any], method_config: dict[str, Any], zoo: str, track_meta: dict[str, Any],
-    track_config: dict[str, Any], seed: int,
+    track_config: dict[str, Any], fold: int, folds: str = "",
 ) -> str:
     """SHA256 over everything a result depends on, as canonical JSON."""
     payload = {
@@ -142,7 +149,8 @@ def input_hash(
         "zoo": zoo,
         "track_meta": track_meta,
         "track_config": track_config,
-        "seed": int(seed),
+        "fold": int(fold),
+        "folds": folds,
     }
     text = json.dumps(_finite(payload), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -1,8 +1,8 @@
-"""The benchmark runner: every method on every track for every seed, one result file each.
+"""The benchmark runner: every method on every track for every task fold, one result file each.
 
-For each seed the split (``lps.splits.split``) is drawn once; each method is fit once on the
-split's training models and then scored on every track whose result is missing or stale (its
-input hash changed). A method that fails is recorded as "failed" with the error and is run again
+The folds are the model set's own (``splits/folds.json``): every task is held out in exactly one
+fold. Each method is fit once per fold on the fold's training models (seeded by the fold number)
+and then scored on every track whose result is missing or stale (its input hash changed). A method that fails is recorded as "failed" with the error and is run again
 next time; a track a set cannot support is recorded as "not_applicable" with the reason.
 """
 
@@ -27,6 +27,7 @@ from benchmarks.results import (
     FINAL_STATUSES,
     Result,
     ResultError,
+    folds_digest,
     input_hash,
     read_result,
     result_path,
@@ -34,17 +35,16 @@ from benchmarks.results import (
     zoo_digest,
 )
 from benchmarks.tracks import Track, get_track, list_tracks
-from lps.splits import split as make_split
+from lps.splits import load_folds
 from modelset.reader import ModelSet
 
 log = logging.getLogger(__name__)
 
-MIN_LEARNED_SEEDS = 3
 
 
 @dataclass
 class RunSummary:
-    """What a run did: paths written, and (method, track, seed) triples skipped as up to date."""
+    """What a run did: paths written, and (method, track, fold) triples skipped as up to date."""
 
     written: list[Path] = field(default_factory=list)
     skipped: list[tuple[str, str, int]] = field(default_factory=list)
@@ -68,17 +68,20 @@ def run(
     results_dir: str | os.PathLike,
     methods: Sequence[str] | None = None,
     tracks: Sequence[str] | None = None,
-    seeds: Sequence[int] = (0, 1, 2),
+    folds: Sequence[int] | None = None,
     method_config: dict[str, dict[str, Any]] | None = None,
     track_config: dict[str, dict[str, Any]] | None = None,
     force: bool = False,
     progress: bool = True,
+    cache_dir: str | os.PathLike | None = None,
 ) -> RunSummary:
-    """Run ``methods`` × ``tracks`` × ``seeds`` on the model set ``zoo``; write into ``results_dir``.
+    """Run ``methods`` × ``tracks`` × ``folds`` on the model set ``zoo``; write into ``results_dir``.
 
-    ``methods`` / ``tracks`` default to every registered one; unknown names raise
-    ``UnknownNameError`` before anything runs. ``method_config`` maps a method name to config
-    overrides (part of the input hash). ``force`` re-runs even up-to-date results.
+    ``methods`` / ``tracks`` default to every registered one and ``folds`` to every fold of the
+    set; unknown names raise ``UnknownNameError`` before anything runs. ``method_config`` maps a
+    method name to config overrides (part of the input hash). ``force`` re-runs even up-to-date
+    results. ``cache_dir`` is where learned methods keep fitted checkpoints (``make lps`` fills it
+    with the LPS of every fold), so a fit with the same inputs is loaded instead of repeated.
     """
     start = time.perf_counter()
     ms = zoo if isinstance(zoo, ModelSet) else modelset.open(zoo)
@@ -90,48 +93,53 @@ def run(
     for name in method_names:  # resolve every name first, so a typo fails before hours of work
         instances[name] = get_method(name)(**method_config.get(name, {}))
     track_objs: dict[str, Track] = {name: get_track(name)(**track_config.get(name, {})) for name in track_names}
+    for method in instances.values():
+        method.cache_dir = Path(cache_dir) if cache_dir is not None else None
     unknown_cfg = sorted(set(method_config) - set(method_names))
     if unknown_cfg:
         log.warning("config given for methods not being run: %s", unknown_cfg)
-    learned = [n for n, m in instances.items() if m.meta.learned]
-    if learned and len(seeds) < MIN_LEARNED_SEEDS:
-        log.warning("learned methods %s run on %d seed(s); the leaderboard asks for at least %d", learned, len(seeds), MIN_LEARNED_SEEDS)
+    splits = load_folds(ms)
+    chosen = list(range(len(splits))) if folds is None else [int(f) for f in folds]
+    bad = [f for f in chosen if not 0 <= f < len(splits)]
+    if bad:
+        raise ResultError(f"{ms.root}: folds {bad} do not exist; the set has folds 0 to {len(splits) - 1}")
 
     digest = zoo_digest(ms)
+    protocol = folds_digest(ms)
     zoo_info = {"name": ms.name, "path": str(ms.root), "sha256sums_sha256": digest, "models": len(ms)}
     summary = RunSummary()
     results = Path(results_dir)
     results.mkdir(parents=True, exist_ok=True)
-    jobs = [(seed, name) for seed in seeds for name in method_names]
+    jobs = [(fold, name) for fold in chosen for name in method_names]
     bar = tqdm(total=len(jobs) * len(track_names), desc="benchmark", disable=not progress)
-    for seed, name in jobs:
+    for fold, name in jobs:
         method = instances[name]
         meta = method.meta.to_dict()
         todo = []
         for tname, track in track_objs.items():
-            h = input_hash(meta, method.config, digest, track.meta.to_dict(), track.config, seed)
-            path = result_path(results, name, tname, seed)
+            h = input_hash(meta, method.config, digest, track.meta.to_dict(), track.config, fold, protocol)
+            path = result_path(results, name, tname, fold)
             if not force and _is_current(path, h):
-                summary.skipped.append((name, tname, seed))
+                summary.skipped.append((name, tname, fold))
                 bar.update(1)
             else:
                 todo.append((tname, track, h))
         if not todo:
             continue
-        bar.set_postfix_str(f"{name} seed {seed}")
-        split = make_split(ms, seed)
+        bar.set_postfix_str(f"{name} fold {fold}")
+        split = splits[fold]
         base = {
-            "method": name, "seed": int(seed), "method_meta": meta, "method_config": dict(method.config),
-            "zoo": zoo_info, "split": {k: len(v) for k, v in split.to_dict().items() if isinstance(v, list)},
+            "method": name, "fold": int(fold), "method_meta": meta, "method_config": dict(method.config),
+            "zoo": zoo_info, "split": split.sizes(),
         }
         fit_seconds, fit_error = 0.0, ""
-        torch.manual_seed(seed)
+        torch.manual_seed(fold)
         try:
             t0 = time.perf_counter()
-            method.fit(ms, list(split.train_ids), seed)
+            method.fit(ms, list(split.train_ids), fold)
             fit_seconds = time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001  (recorded as "failed" and retried next run)
-            log.exception("method %s failed to fit (seed %d)", name, seed)
+            log.exception("method %s failed to fit (fold %d)", name, fold)
             fit_error = f"fit failed: {type(exc).__name__}: {exc}"
         for tname, track, h in todo:
             t0 = time.perf_counter()
@@ -142,7 +150,7 @@ def run(
                     fields_ = {"status": outcome.status, "reason": outcome.reason,
                                "metrics": outcome.metrics, "curves": outcome.curves}
                 except Exception as exc:  # noqa: BLE001
-                    log.exception("method %s failed on track %s (seed %d)", name, tname, seed)
+                    log.exception("method %s failed on track %s (fold %d)", name, tname, fold)
                     fields_ = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
             result = Result(
                 track=tname, input_hash=h, track_meta=track.meta.to_dict(), track_config=dict(track.config),
@@ -151,7 +159,7 @@ def run(
                 **base, **fields_,
             )
             if result.status == "failed":
-                summary.failed.append((name, tname, seed))
+                summary.failed.append((name, tname, fold))
             summary.written.append(write_result(results, result))
             bar.update(1)
     bar.close()

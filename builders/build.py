@@ -39,6 +39,7 @@ from builders.variants._pool import RecipePool
 from builders.variants.flops import count_flops
 from modelset.architectures import build_architecture, canonical_kwargs
 from modelset.errors import SchemaError
+from modelset.folds import FoldConfig, make_folds
 from modelset.format import RELATIONS_DIR, TASKS_FILE
 from modelset.shards import write_shard_file
 from modelset.tasks import Task, task_data
@@ -55,7 +56,7 @@ DEFAULT_HPARAMS: dict[str, Any] = {
 }
 _TOP_KEYS = {
     "name", "seed", "threads", "device", "data", "tasks", "families", "hyperparameters",
-    "shard_size", "transfer", "variants", "description",
+    "shard_size", "transfer", "variants", "description", "folds",
 }  # fmt: skip
 
 
@@ -80,6 +81,7 @@ def load_config(config: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]
     for key in ("name", "tasks", "families"):
         if key not in cfg:
             raise SchemaError(f"config {where}: missing required key {key!r}")
+    FoldConfig.from_dict(cfg.get("folds"), where=f"config {where}: folds")  # fail before any training
     for i, fam in enumerate(cfg["families"]):
         if "architecture" not in fam or "models_per_task" not in fam:
             raise SchemaError(f"config {where}: families[{i}] needs architecture and models_per_task")
@@ -300,6 +302,8 @@ def build(
             t0 = time.perf_counter()
             _variants(w, out, cfg, tasks, progress)
             timings["variants_s"] = time.perf_counter() - t0
+        fold_cfg = FoldConfig.from_dict(cfg.get("folds"))
+        w.set_folds(make_folds(w.table, fold_cfg), fold_cfg)
         w.finish(card=card)
     timings["total_s"] = time.perf_counter() - t_start
     log.info("built %s in %.1fs (%s)", out, timings["total_s"], timings)

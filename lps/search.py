@@ -98,11 +98,18 @@ def match_architecture(ms, state: Mapping[str, torch.Tensor], source: str = "che
     )
 
 
+#: The folder, under ``make lps``'s output, of the LPS trained on every model of the set.
+SEARCH_DIR = "search"
+
+
 def find_lps(path: str | os.PathLike) -> Path:
-    """The LPS checkpoint folder at ``path``, or the first ``seed*`` folder under it."""
+    """The LPS checkpoint folder at ``path``: itself, its ``search/`` folder (trained on every task),
+    or else the first checkpoint folder under it."""
     root = Path(path)
     if (root / CONFIG_FILE).exists():
         return root
+    if (root / SEARCH_DIR / CONFIG_FILE).exists():
+        return root / SEARCH_DIR
     candidates = sorted(p.parent for p in root.glob(f"*/{CONFIG_FILE}")) if root.is_dir() else []
     if not candidates:
         raise ModelSetError(

@@ -13,11 +13,17 @@ Two modes:
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 import logging
+import os
+import shutil
 import sys
 import time
 import types
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -269,6 +275,63 @@ def supervised_contrastive(z: torch.Tensor, labels: torch.Tensor, temperature: f
     has = counts > 0
     mean_log_prob = (log_prob * positive).sum(1)[has] / counts[has]
     return -mean_log_prob.mean()
+
+
+def zoo_digest(ms) -> str:
+    """SHA256 of the set's SHA256SUMS file: changes whenever any file of the set changes."""
+    from modelset.format import CHECKSUMS_FILE
+
+    path = ms.root / CHECKSUMS_FILE
+    if not path.is_file():
+        raise ModelSetError(f"{path}: missing; finish or verify the model set before training on it")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def train_cached(
+    ms,
+    train_ids: Sequence[str],
+    cache_dir: str | os.PathLike,
+    mode: str = "pairs",
+    seed: int = 0,
+    label: str | None = None,
+    **kwargs: Any,
+) -> LPS:
+    """:func:`train`, or the checkpoint a previous call with the same inputs saved in ``cache_dir``.
+
+    The key covers the set's content (its SHA256SUMS digest), the training ids, the mode, the
+    seed and every keyword, so a checkpoint is reused only for exactly the same fit: ``make lps``
+    trains one per fold and the benchmark's LPS methods load them instead of training again.
+    ``label`` names the checkpoint's folder (default ``fold{seed}``).
+    """
+    defaults = {
+        name: p.default for name, p in inspect.signature(train).parameters.items() if p.default is not inspect.Parameter.empty
+    }
+    unknown = sorted(set(kwargs) - set(defaults))
+    if unknown:
+        raise ModelSetError(f"LPS training: unknown options {unknown}; known {sorted(defaults)}")
+    # Every option at its effective value, so that spelling out a default does not change the key.
+    config = {k: v for k, v in {**defaults, **kwargs}.items() if k not in ("train_tasks", "train_ids", "mode", "seed", "progress")}
+    payload = {"zoo": zoo_digest(ms), "ids": sorted(map(str, train_ids)), "mode": mode, "seed": int(seed), "config": config}
+    key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    folder = Path(cache_dir) / f"{mode}-{label or f'fold{int(seed)}'}-{key}"
+    if (folder / "lps.json").exists():
+        try:
+            scorer = LPS.load(folder)
+        except ModelSetError as exc:
+            log.warning("retraining: cached LPS at %s cannot be used (%s)", folder, exc)
+        else:
+            if scorer.config.get("cache_key") == key:
+                log.info("loaded LPS (%s, fold %d) from %s", mode, seed, folder)
+                return scorer
+    scorer = train(ms, train_ids=list(train_ids), mode=mode, seed=seed, **kwargs)
+    scorer.config["cache_key"] = key
+    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    scorer.save(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    log.info("saved LPS (%s, fold %d) to %s", mode, seed, folder)
+    return scorer
 
 
 class _CallableModule(types.ModuleType):

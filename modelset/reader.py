@@ -23,6 +23,15 @@ from modelset.errors import (
     NotAModelSetError,
     SchemaError,
 )
+from modelset.folds import (
+    DEFAULT_K,
+    FOLDS_FILE,
+    MAX_FOLDS_BYTES,
+    FoldConfig,
+    Split,
+    make_folds,
+    parse_folds,
+)
 from modelset.format import (
     HEADER_FILE,
     MODELS_FILE,
@@ -149,6 +158,25 @@ class ModelSet:
                 raise SchemaError(f"{path}: relation values must be numbers")
             out[path.stem] = frame
         return out
+
+    @cached_property
+    def folds(self) -> list[Split]:
+        """The task folds of the evaluation protocol (``splits/folds.json``; see
+        :mod:`modelset.folds`). A set built before folds shipped gets them computed from its table
+        with the default fold config."""
+        path = self.root / FOLDS_FILE
+        if not path.exists():
+            log.info("%s has no %s; using the default %d task folds", self.root, FOLDS_FILE, DEFAULT_K)
+            return make_folds(self.metadata, FoldConfig.from_dict((self.header.get("config") or {}).get("folds")))
+        if not path.is_file() or path.is_symlink():
+            raise SchemaError(f"{path}: expected a regular file")
+        if path.stat().st_size > MAX_FOLDS_BYTES:
+            raise SchemaError(f"{path}: {path.stat().st_size} bytes, more than a fold file may have ({MAX_FOLDS_BYTES})")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SchemaError(f"{path}: cannot be read ({exc})") from exc
+        return parse_folds(text, self.metadata, str(path))
 
     def row(self, model_id: str) -> pd.Series:
         try:

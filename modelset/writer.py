@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -22,6 +23,7 @@ import pandas as pd
 
 from modelset import _io
 from modelset.errors import ChecksumError, ExistsError, LockedError, SchemaError
+from modelset.folds import FOLDS_FILE, FoldConfig, Split, folds_document, parse_folds
 from modelset.format import (
     CARD_FILE,
     CHECKSUMS_FILE,
@@ -270,6 +272,13 @@ class ModelSetWriter:
             raise SchemaError(f"relation {name!r}: rows and columns must be the same task ids")
         with _io.atomic_path(self.root / RELATIONS_DIR / f"{name}.csv") as tmp:
             matrix.to_csv(tmp, index=True, index_label="task", float_format="%.9g")
+        self._refresh()
+
+    def set_folds(self, folds: Sequence[Split], config: FoldConfig) -> None:
+        """Write the task folds of the evaluation protocol (``splits/folds.json``)."""
+        doc = folds_document(folds, config)
+        parse_folds(json.dumps(doc), self._table, FOLDS_FILE)  # never write folds the reader refuses
+        _io.write_json_atomic(self.root / FOLDS_FILE, doc)
         self._refresh()
 
     def finish(self, card: Mapping[str, str] | None = None) -> None:

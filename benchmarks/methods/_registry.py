@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -96,6 +97,9 @@ class SimilarityMethod:
             )
         self.config: dict[str, Any] = {**self.meta.config, **config}
         self.seed: int = 0
+        # Where a learned method may keep fitted checkpoints (set by the runner; not part of the
+        # config, since a cached fit gives the same result as a new one).
+        self.cache_dir: Path | None = None
         self.fitted = False
         self._cache: dict[tuple[str, str], torch.Tensor] = {}
         self._fitted_key: object = None

@@ -20,7 +20,10 @@ class _LPSBase(SimilarityMethod):
         import lps.train
 
         kwargs: dict[str, Any] = dict(self.config)
-        self.scorer = lps.train.train(ms, train_ids=train_ids, mode=self.mode, seed=seed, **kwargs)
+        if self.cache_dir is not None:  # the checkpoint `make lps` trained for this fold, if it matches
+            self.scorer = lps.train.train_cached(ms, train_ids, self.cache_dir, mode=self.mode, seed=seed, **kwargs)
+        else:
+            self.scorer = lps.train.train(ms, train_ids=train_ids, mode=self.mode, seed=seed, **kwargs)
 
     def _embed(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
         return self.scorer.embed(ids, ms=ms)

@@ -1,7 +1,7 @@
 """Track: retrieval among models of held-out tasks (never seen in training).
 
 Each held-out-task model queries all the others; the relevant ones solve the same task. Reports
-mAP and CMC rank-1 and rank-5, with the CMC curve and a 2-D map of the method's embeddings of all
+mAP and CMC rank-1 and rank-5, each the mean over held-out tasks of its queries' values, with the CMC curve and a 2-D map of the method's embeddings of all
 test models (held-out models and held-out-task models) coloured by task.
 """
 
@@ -46,18 +46,21 @@ class Retrieval(Track):
         tasks = tasks_of(ms, ids)
         sim = without_self(method.similarity(ms, ids, ids).numpy().astype(np.float64))
         relevant = without_self(tasks[:, None] == tasks[None, :])
-        curve = metrics.cmc(relevant, sim, int(self.config["max_rank"]))
+        hits = metrics.cmc_hits(relevant, sim, int(self.config["max_rank"]))
+        aps = metrics.average_precisions(relevant, sim)
+        rank5 = hits[:, min(4, hits.shape[1] - 1)]
+        units = metrics.per_unit(tasks, map=aps, rank1=hits[:, 0], rank5=rank5)
         # Chance mAP: the exact expected AP of a random ranking, averaged over the queries.
         chance = float(np.mean([metrics.expected_random_ap(r, relevant.shape[1]) for r in relevant.sum(axis=1) if r]))
+        curve = metrics.cmc(relevant, sim, int(self.config["max_rank"]))
         return (
             {
-                "map": metrics.mean_average_precision(relevant, sim),
-                "rank1": float(curve[0]),
-                "rank5": float(curve[min(4, len(curve) - 1)]),
+                **{name: metrics.nanmean(values) for name, values in units["metrics"].items()},
                 "chance_map": chance,
                 "n_queries": len(ids),
             },
             {
+                "per_unit": units,
                 "cmc": {"rank": list(range(1, len(curve) + 1)), "hit_rate": [round(float(v), 6) for v in curve]},
                 "map2d": embedding_map(method, ms, test_ids(split)),
             },

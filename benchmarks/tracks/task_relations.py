@@ -1,7 +1,9 @@
 """Track: task relations. A method's task × task similarity (mean similarity between models of the
 two tasks, over all models that were not fit on) is compared with each ground-truth relation
-matrix of the set (e.g. ``label_jaccard``, ``transfer_affinity``) by the Spearman correlation of
-their off-diagonal entries. Relations whose off-diagonal entries are constant (``same_task``)
+matrix of the set (e.g. ``label_jaccard``, ``transfer_affinity``) task by task: the Spearman
+correlation of the task's row (its similarity to every other task) with the relation's row,
+averaged over tasks and relations (``spearman_mean``); ``pooled_spearman_*`` correlates all
+off-diagonal entries at once. Relations whose off-diagonal entries are constant (``same_task``)
 carry no ranking and are skipped.
 """
 
@@ -70,13 +72,19 @@ class TaskRelations(Track):
         # A symmetric score: the method's view of (a, b) and (b, a) is averaged.
         matrix = (matrix + matrix.T) / 2
         off = ~np.eye(len(names), dtype=bool) & np.isfinite(matrix)
-        found = {}
+        found: dict[str, float] = {}
         relations = usable_relations(ms, names)
+        per_task: dict[str, list[float]] = {}
         for name, truth in relations.items():
-            found[f"spearman_{name}"] = metrics.spearman(matrix[off], truth[off])
-        values = [v for v in found.values() if not np.isnan(v)]
-        found["spearman_mean"] = float(np.mean(values)) if values else float("nan")
+            found[f"pooled_spearman_{name}"] = metrics.spearman(matrix[off], truth[off])
+            # Per task: does the method order the other tasks as the relation does?
+            per_task[f"spearman_{name}"] = [metrics.spearman(matrix[i, off[i]], truth[i, off[i]]) for i in range(len(names))]
+        rows = np.asarray(list(per_task.values()), dtype=np.float64)
+        per_task["spearman_mean"] = [metrics.nanmean(rows[:, i]) for i in range(len(names))]
+        units = metrics.per_unit(names, **per_task)
+        found.update({name: metrics.nanmean(values) for name, values in units["metrics"].items()})
         curves = {
+            "per_unit": units,
             "tasks": names,
             "matrix": np.round(np.nan_to_num(matrix), 5).tolist(),
             "truth": {k: np.round(v, 5).tolist() for k, v in relations.items()},

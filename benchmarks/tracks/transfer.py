@@ -3,7 +3,9 @@ task is a candidate source; a method ranks candidates by their mean similarity t
 task's models. The ranking is compared with the measured transfer gain of fine-tuning from the
 candidate's task to the target (``ms.relations["transfer_affinity"]``, rows = source task,
 columns = target task): Kendall τ-b, and the top-1 regret (best achievable gain minus the gain of
-the top-ranked candidate). Averaged over target tasks.
+the top-ranked candidate). Averaged over target tasks. The result also records the ground truth's
+test-retest reliability (``relation_reliability`` in the set's header: two independent halves of
+the measurement, Spearman-Brown corrected), which the leaderboard shows beside the column.
 """
 
 from __future__ import annotations
@@ -63,12 +65,16 @@ class TransferSelection(Track):
             taus.append(tau)
             regrets.append(regret)
             per_target[target] = {"kendall_tau": tau, "regret": regret, "candidates": len(candidates)}
-        valid = [t for t in taus if not np.isnan(t)]
+        targets = sorted(per_target)
+        units = metrics.per_unit(targets, kendall_tau=[per_target[t]["kendall_tau"] for t in targets],
+                                 regret=[per_target[t]["regret"] for t in targets])  # fmt: skip
+        reliability = (ms.header.get("relation_reliability") or {}).get(RELATION) or {}
         return (
             {
-                "kendall_tau": float(np.mean(valid)) if valid else float("nan"),
-                "regret": float(np.mean(regrets)) if regrets else float("nan"),
+                **{name: metrics.nanmean(values) for name, values in units["metrics"].items()},
                 "targets": len(regrets),
+                # The ground truth's own test-retest reliability bounds what any method can reach.
+                "ground_truth_reliability": float(reliability.get("spearman_brown", float("nan"))),
             },
-            {"per_target": per_target},
+            {"per_unit": units, "per_target": per_target},
         )

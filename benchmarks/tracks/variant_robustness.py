@@ -80,18 +80,14 @@ class VariantRobustness(Track):
         sim = np.where(own, sim.min() - 1.0, sim)
         relevant = (q_tasks[:, None] == g_tasks[None, :]) & ~own
         families = ms.metadata.loc[queries, "variant"].astype(str).to_numpy()
-        found: dict[str, float] = {
-            "rank1": float(metrics.cmc(relevant, sim, 1)[0]),
-            "map": metrics.mean_average_precision(relevant, sim),
-            "n_queries": len(queries),
-        }
+        hits = metrics.cmc_hits(relevant, sim, 1)[:, 0]
+        aps = metrics.average_precisions(relevant, sim)
+        units = metrics.per_unit(q_tasks, rank1=hits, map=aps)
+        found: dict[str, float] = {name: metrics.nanmean(values) for name, values in units["metrics"].items()}
+        found["n_queries"] = len(queries)
         per_family = {}
         for family in sorted(set(families)):
             rows = families == family
-            per_family[family] = {
-                "rank1": float(metrics.cmc(relevant[rows], sim[rows], 1)[0]),
-                "map": metrics.mean_average_precision(relevant[rows], sim[rows]),
-                "n": int(rows.sum()),
-            }
+            per_family[family] = {"rank1": metrics.nanmean(hits[rows]), "map": metrics.nanmean(aps[rows]), "n": int(rows.sum())}
             found[f"rank1_{family}"] = per_family[family]["rank1"]
-        return found, {"per_family": per_family, "tradeoff": tradeoff_points(ms)}
+        return found, {"per_unit": units, "per_family": per_family, "tradeoff": tradeoff_points(ms)}
