@@ -123,7 +123,7 @@ def make_folds(metadata: pd.DataFrame, config: FoldConfig | Mapping[str, Any] | 
     order = [tasks[i] for i in rng.permutation(len(tasks))]
     groups = [sorted(g.tolist()) for g in np.array_split(np.asarray(order, dtype=object), k)]
     roots = family_roots(table)
-    recipe = table["recipe_family"].astype(str) if "recipe_family" in table.columns else None
+    recipe = table["recipe_family"].fillna("").astype(str) if "recipe_family" in table.columns else None
     outside = set(cfg.heldout_recipe_families)
     if outside and recipe is not None:
         known = set(recipe.unique())

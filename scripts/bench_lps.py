@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import modelset  # noqa: E402
 from lps._bank import bank_from_modelset  # noqa: E402
-from lps.splits import split  # noqa: E402
+from lps.splits import fold  # noqa: E402
 from lps.train import train  # noqa: E402
 
 
@@ -45,7 +45,7 @@ def main() -> int:
             from modelset.synthetic import write_synthetic
 
             ms = modelset.open(write_synthetic(Path(tmp) / "syn", args.synthetic, n_tasks=20))
-        sp = split(ms, seed=0)
+        sp = fold(ms, 0)
         start = time.perf_counter()
         scorer = train(
             ms, train_tasks=sp.train_tasks, train_ids=sp.train_ids, mode=args.mode, seed=0, epochs=args.epochs

@@ -81,7 +81,7 @@ def test_accuracy_and_interval() -> None:
     assert metrics.accuracy([1, 2, 3, 4], [1, 2, 0, 4]) == 0.75
     mean, half = metrics.mean_ci95([0.0, 1.0, 0.0, 1.0])
     assert mean == 0.5
-    assert half == pytest.approx(1.96 * np.std([0, 1, 0, 1], ddof=1) / 2)
+    assert half == pytest.approx(stats.t.ppf(0.975, 3) * np.std([0, 1, 0, 1], ddof=1) / 2)
     with pytest.raises(ValueError, match="finite"):
         metrics.roc_auc([0, 1], [np.nan, 1.0])
 
@@ -94,3 +94,33 @@ def test_expected_random_ap_matches_simulation() -> None:
         simulated = np.mean([metrics.average_precision(labels, rng.random(n)) for _ in range(4000)])
         assert metrics.expected_random_ap(r, n) == pytest.approx(simulated, abs=0.015)
     assert metrics.expected_random_ap(1, 4) == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 4) / 4)
+
+
+def test_bootstrap_interval_covers_the_mean_and_is_reproducible() -> None:
+    rng = np.random.default_rng(4)
+    values = rng.normal(0.6, 0.1, size=40)
+    mean, low, high = metrics.bootstrap_ci(values)
+    assert mean == pytest.approx(values.mean())
+    assert low < mean < high
+    # The percentile interval of the mean is close to the normal one: ±1.96 standard errors.
+    half = 1.96 * values.std(ddof=1) / np.sqrt(values.size)
+    assert (high - low) / 2 == pytest.approx(half, rel=0.2)
+    assert metrics.bootstrap_ci(values) == (mean, low, high)
+    assert metrics.bootstrap_ci([0.5, 0.5, 0.5]) == (0.5, 0.5, 0.5)
+    assert np.isnan(metrics.bootstrap_ci([0.3])[1])
+
+
+def test_paired_test_detects_a_consistent_difference() -> None:
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=30)
+    assert metrics.paired_test(a + 0.5, a) < 0.001
+    assert metrics.paired_test(a + rng.normal(0, 0.01, 30), a) > 0.01
+    assert metrics.paired_test(a, a) == 1.0
+    assert metrics.paired_test(a + 0.5, a) == pytest.approx(stats.wilcoxon(a + 0.5, a).pvalue)
+
+
+def test_per_unit_groups_items_by_task() -> None:
+    units = metrics.per_unit(["b", "a", "b", "a", "c"], acc=[1.0, 0.0, 0.0, 1.0, np.nan])
+    assert units == {"unit": "task", "ids": ["a", "b", "c"], "metrics": {"acc": [0.5, 0.5, None]}}
+    with pytest.raises(ValueError, match="acc has"):
+        metrics.per_unit(["a"], acc=[1.0, 2.0])

@@ -20,7 +20,7 @@ from benchmarks.runner import run
 from benchmarks.tracks import list_tracks
 from modelset.synthetic import write_synthetic
 
-SEEDS = (0, 1, 2)
+FOLDS = (0, 1, 2, 3, 4)  # 10 tasks: five folds of two held-out tasks
 FAST_TRACKS = {"few_shot": {"episodes": 100}}
 
 
@@ -33,14 +33,14 @@ def syn(tmp_path_factory: pytest.TempPathFactory) -> modelset.ModelSet:
 @pytest.fixture(scope="module")
 def controls(syn: modelset.ModelSet, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("controls")
-    run(syn, out, methods=["random", "oracle"], seeds=SEEDS, track_config=FAST_TRACKS, progress=False)
+    run(syn, out, methods=["random", "oracle"], folds=FOLDS, track_config=FAST_TRACKS, progress=False)
     return out
 
 
 def _metric(results_dir: Path, method: str, track: str, metric: str) -> list[float]:
     values = []
-    for seed in SEEDS:
-        result = read_result(result_path(results_dir, method, track, seed))
+    for fold in FOLDS:
+        result = read_result(result_path(results_dir, method, track, fold))
         assert result.status == "ok", result.reason
         values.append(result.metrics[metric])
     return values
@@ -50,7 +50,7 @@ def test_oracle_reaches_the_maximum(controls: Path) -> None:
     for track, metric in [("task_classification", "accuracy"), ("task_classification", "auc"),
                           ("retrieval", "map"), ("retrieval", "rank1"), ("retrieval", "rank5"),
                           ("few_shot", "accuracy_task")]:
-        assert _metric(controls, "oracle", track, metric) == [1.0, 1.0, 1.0], (track, metric)
+        assert _metric(controls, "oracle", track, metric) == [1.0] * len(FOLDS), (track, metric)
 
 
 def test_random_lands_at_chance(controls: Path) -> None:
@@ -75,29 +75,31 @@ def test_missing_metadata_is_recorded_as_not_applicable(controls: Path) -> None:
 
 def test_result_files_are_typed_and_complete(controls: Path) -> None:
     results = load_results(controls)
-    assert len(results) == 2 * len(list_tracks()) * len(SEEDS)
+    assert len(results) == 2 * len(list_tracks()) * len(FOLDS)
     r = read_result(result_path(controls, "oracle", "retrieval", 1))
-    assert (r.method, r.track, r.seed, r.schema_version) == ("oracle", "retrieval", 1, 1)
+    assert (r.method, r.track, r.fold, r.schema_version) == ("oracle", "retrieval", 1, 2)
+    units = r.curves["per_unit"]
+    assert units["unit"] == "task" and len(units["ids"]) == 2 and units["metrics"]["map"] == [1.0, 1.0]
     assert len(r.input_hash) == 64 and r.zoo["models"] == 120
     assert r.curves["cmc"]["hit_rate"][0] == 1.0
     assert r.method_meta["privileged"] is True and r.split["train_ids"] > 0
 
 
 def test_bad_result_files_raise_clear_errors(tmp_path: Path) -> None:
-    bad = tmp_path / "x__retrieval__seed0.json"
+    bad = tmp_path / "x__retrieval__fold0.json"
     bad.write_text("{not json")
-    with pytest.raises(ResultError, match="x__retrieval__seed0.json.*JSON"):
+    with pytest.raises(ResultError, match="x__retrieval__fold0.json.*JSON"):
         read_result(bad)
-    bad.write_text(json.dumps({"schema_version": 1, "method": "x"}))
+    bad.write_text(json.dumps({"schema_version": 2, "method": "x"}))
     with pytest.raises(ResultError, match="missing fields"):
         read_result(bad)
     bad.write_text(json.dumps({"schema_version": 99}))
-    with pytest.raises(ResultError, match="schema_version 99, expected 1"):
+    with pytest.raises(ResultError, match="schema_version 99, expected 2"):
         read_result(bad)
 
 
 def test_rerun_skips_finished_results_and_redoes_changed_ones(syn: modelset.ModelSet, tmp_path: Path) -> None:
-    kwargs = dict(methods=["random", "weight_stats"], tracks=["retrieval"], seeds=[0], progress=False)
+    kwargs = dict(methods=["random", "weight_stats"], tracks=["retrieval"], folds=[0], progress=False)
     first = run(syn, tmp_path, **kwargs)
     assert len(first.written) == 2 and not first.skipped
     mtime = os.stat(result_path(tmp_path, "weight_stats", "retrieval", 0)).st_mtime_ns
@@ -106,14 +108,14 @@ def test_rerun_skips_finished_results_and_redoes_changed_ones(syn: modelset.Mode
     assert os.stat(result_path(tmp_path, "weight_stats", "retrieval", 0)).st_mtime_ns == mtime
     # A changed config of one method re-runs that method only.
     third = run(syn, tmp_path, method_config={"random": {"dim": 8}}, **kwargs)
-    assert [p.name for p in third.written] == ["random__retrieval__seed0.json"]
+    assert [p.name for p in third.written] == ["random__retrieval__fold0.json"]
     # A failed result is retried: corrupt the file's status.
     path = result_path(tmp_path, "weight_stats", "retrieval", 0)
     data = json.loads(path.read_text())
     data["status"] = "failed"
     path.write_text(json.dumps(data))
     again = run(syn, tmp_path, method_config={"random": {"dim": 8}}, **kwargs)
-    assert [p.name for p in again.written] == ["weight_stats__retrieval__seed0.json"]
+    assert [p.name for p in again.written] == ["weight_stats__retrieval__fold0.json"]
 
 
 class _LayerNorms(SimilarityMethod):
@@ -133,8 +135,8 @@ def test_a_method_defined_here_appears_on_the_leaderboard(syn: modelset.ModelSet
         for src in controls.glob("*.json"):  # the controls' results, plus the new method's own run
             (results / src.name).parent.mkdir(exist_ok=True)
             (results / src.name).write_text(src.read_text())
-        summary = run(syn, results, methods=["test_layer_norms"], seeds=SEEDS, track_config=FAST_TRACKS, progress=False)
-        assert len(summary.written) == len(list_tracks()) * len(SEEDS) and not summary.failed
+        summary = run(syn, results, methods=["test_layer_norms"], folds=FOLDS, track_config=FAST_TRACKS, progress=False)
+        assert len(summary.written) == len(list_tracks()) * len(FOLDS) and not summary.failed
         paths = leaderboard.render(results, tmp_path / "board")
     finally:
         unregister_method("test_layer_norms")
@@ -158,5 +160,42 @@ def test_leaderboard_is_a_pure_function_of_result_files(controls: Path, tmp_path
         assert a[kind].read_bytes() == b[kind].read_bytes(), kind
     frame = leaderboard.leaderboard_frame(load_results(controls))
     oracle = frame.set_index("method").loc["oracle"]
-    assert oracle["retrieval.map.mean"] == 1.0 and oracle["retrieval.map.std"] == 0.0
+    assert oracle["retrieval.map.mean"] == 1.0 and oracle["retrieval.map.low"] == oracle["retrieval.map.high"] == 1.0
+    assert oracle["retrieval.map.n"] == 10  # every task is a unit: each held out in one fold
     assert oracle["variant_robustness.rank1.status"] == "n/a"
+    random = frame.set_index("method").loc["random"]
+    assert random["retrieval.map.low"] < random["retrieval.map.mean"] < random["retrieval.map.high"]
+    with pytest.raises(ResultError, match="folds \\[7\\] do not exist; the set has folds 0 to 4"):
+        run(load_results(controls)[0].zoo["path"], tmp_path / "x", methods=["random"], folds=[7], progress=False)
+
+
+def test_significance_marks_and_lps_line(tmp_path: Path) -> None:
+    """Built from result files alone: a method that wins on every task is the only bold cell; one
+    that ties the best within noise is bold too; the LPS line names the best weight-only rival."""
+    from benchmarks.results import Result, write_result
+
+    rng = np.random.default_rng(0)
+    tasks = [f"t{i}" for i in range(20)]
+    base = rng.uniform(0.3, 0.6, len(tasks))
+    scores = {"lps": base + 0.2, "weight_stats": base + 0.2 + rng.normal(0, 0.01, len(tasks)),
+              "flat_cosine": base, "random": base - 0.2}
+    for name, values in scores.items():
+        meta = {"name": name, "learned": name == "lps", "needs_data": False, "control": name == "random",
+                "privileged": False, "invariances": [], "reference": "test"}
+        for f in range(2):
+            part = slice(f * 10, f * 10 + 10)
+            units = {"unit": "task", "ids": tasks[part], "metrics": {"map": [float(v) for v in values[part]]}}
+            write_result(tmp_path, Result(
+                method=name, track="retrieval", fold=f, status="ok", input_hash="x", method_meta=meta, method_config={},
+                track_meta={"name": "retrieval", "primary": ["map"]}, track_config={}, zoo={"name": "t", "models": 1},
+                metrics={"map": float(values[part].mean())}, curves={"per_unit": units}))
+    results = load_results(tmp_path)
+    methods, columns, cells = leaderboard.table(results)
+    best = leaderboard._best(methods, columns, cells, results)
+    assert ("lps", "retrieval", "map") in best and ("weight_stats", "retrieval", "map") in best
+    assert ("flat_cosine", "retrieval", "map") not in best and ("random", "retrieval", "map") not in best
+    assert cells[("lps", "retrieval", "map")].n == 20
+    [line] = leaderboard.lps_versus_baseline(results)
+    assert line["baseline"] in ("weight_stats", "flat_cosine") and line["units"] == 20
+    md = leaderboard.markdown(results)
+    assert f"LPS − {line['baseline']} on `retrieval` map" in md and "Wilcoxon" in md

@@ -12,7 +12,6 @@ import modelset
 from benchmarks.methods import create_method
 from benchmarks.tracks import get_track, list_tracks
 from benchmarks.tracks.few_shot import draw_episodes
-from lps.splits import split as make_split
 from modelset.architectures import build_architecture
 from modelset.writer import ModelRecord, ModelSetWriter
 
@@ -55,10 +54,20 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> modelset.ModelSet:
 
 
 def test_every_track_scores_the_oracle_on_a_full_set(zoo: modelset.ModelSet) -> None:
-    split = make_split(zoo, 0)
+    split = zoo.folds[0]
     oracle = create_method("oracle").fit(zoo, list(split.train_ids), 0)
     outcomes = {name: get_track(name)().evaluate(oracle, zoo, split) for name in list_tracks()}
-    assert {n: o.status for n, o in outcomes.items()} == dict.fromkeys(list_tracks(), "ok")
+    # The set declares no held-out recipe family, so that track alone has nothing to score.
+    expected = {**dict.fromkeys(list_tracks(), "ok"), "heldout_recipe": "not_applicable"}
+    assert {n: o.status for n, o in outcomes.items()} == expected
+    for name, outcome in outcomes.items():  # the aggregate is the mean of the per-task values
+        units = outcome.curves.get("per_unit")
+        if outcome.status != "ok" or units is None:
+            continue
+        for metric, values in units["metrics"].items():
+            finite = [v for v in values if v is not None]
+            if finite:
+                assert outcome.metrics[metric] == pytest.approx(np.mean(finite), abs=1e-5), (name, metric)
     variants = outcomes["variant_robustness"]
     # The oracle matches a variant to base models of its task (its own family excluded).
     assert variants.metrics["rank1"] == 1.0 and variants.metrics["map"] == 1.0
@@ -74,7 +83,7 @@ def test_every_track_scores_the_oracle_on_a_full_set(zoo: modelset.ModelSet) -> 
 def test_variant_queries_exclude_their_own_family(zoo: modelset.ModelSet) -> None:
     from benchmarks.tracks.variant_robustness import variant_queries
 
-    split = make_split(zoo, 0)
+    split = zoo.folds[0]
     queries = variant_queries(zoo, split)
     assert queries and all(q.endswith("-pruned") and q not in split.train_ids for q in queries)
     # flat cosine: a pruned twin is closest to its own parent; with the parent excluded the
@@ -85,7 +94,7 @@ def test_variant_queries_exclude_their_own_family(zoo: modelset.ModelSet) -> Non
 
 
 def test_transfer_scores_every_held_out_target(zoo: modelset.ModelSet) -> None:
-    split = make_split(zoo, 1)
+    split = zoo.folds[1]
     ws = create_method("weight_stats").fit(zoo, list(split.train_ids), 1)
     outcome = get_track("transfer")().evaluate(ws, zoo, split)
     assert outcome.status == "ok"
@@ -105,6 +114,40 @@ def test_episodes_are_drawn_per_context_and_reproducible() -> None:
         assert ep["support"].shape == (n_way, 1)
         assert set(ep["query_label"].tolist()) == set(range(n_way))
         assert not set(ep["support"].ravel()) & set(ep["query"].tolist())  # supports are not queries
+
+
+def test_controls_see_only_what_they_are_given(zoo: modelset.ModelSet) -> None:
+    split = zoo.folds[0]
+    retrieval = get_track("retrieval")()
+    # Every model has the same shapes: shape_only cannot tell tasks apart and lands at chance.
+    shapes = create_method("shape_only").fit(zoo, list(split.train_ids), 0)
+    outcome = retrieval.evaluate(shapes, zoo, split)
+    # Each query ties all 15 others, 7 of them relevant: a tied list scores its relevant fraction.
+    assert outcome.metrics["map"] == pytest.approx(7 / 15, abs=1e-6)
+    assert outcome.metrics["rank1"] == pytest.approx(7 / 15, abs=1e-6)
+    sim = shapes.similarity(zoo, list(zoo.metadata.index[:3]), list(zoo.metadata.index[:3]))
+    torch.testing.assert_close(sim, torch.ones(3, 3))
+    # recipe_only reads the table's hyper-parameters: here only "seed"-free columns differ by
+    # test accuracy, which it must ignore, so every model looks alike too.
+    recipe = create_method("recipe_only").fit(zoo, list(split.train_ids), 0)
+    assert recipe.embed(zoo, list(zoo.metadata.index[:4])).std(dim=0).max() == 0
+
+
+def test_shape_only_separates_shapes(tmp_path) -> None:
+    records = []
+    for t, classes in enumerate([2, 2, 5, 5]):
+        kwargs = {"num_classes": classes}
+        for i in range(2):
+            state = build_architecture("cnn3", kwargs).state_dict()
+            row = {"task": f"t{t}", "dataset": "synthetic", "variant": "base", "parent_id": "", "seed": i}
+            records.append(ModelRecord(f"t{t}-{i}", "cnn3", kwargs, {"final": state}, row))
+    with ModelSetWriter.open(tmp_path / "set", name="shapes", config={}) as w:
+        w.write_shard(records)
+        w.finish()
+    ms = modelset.open(tmp_path / "set")
+    method = create_method("shape_only").fit(ms, list(ms.metadata.index), 0)
+    sim = method.similarity(ms, ["t0-0", "t2-0"], ["t1-1", "t3-1"])
+    torch.testing.assert_close(sim, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
 
 
 def test_unknown_track_suggests_a_name() -> None:

@@ -15,12 +15,11 @@ import modelset
 from lps.__main__ import main
 from lps._bank import bank_from_groups
 from lps.augment import Augmentation, augment, prune
-from lps.evaluate import evaluate_flattened_cosine, evaluate_similarity, split_ids
 from lps.features import compute_features
 from lps.model import LPS, newton_schulz_sqrt
 from lps.pairs import PairSampler
 from lps.search import load_checkpoint, match_architecture
-from lps.splits import split
+from lps.splits import fold, make_folds
 from lps.weights import WeightSpace
 from modelset.errors import ModelSetError
 from modelset.synthetic import write_synthetic
@@ -32,73 +31,119 @@ def zoo(tmp_path_factory):
     return modelset.open(path)
 
 
+def _scores(method, zoo, sp) -> dict[str, float]:
+    """The fitted ``method``'s scores on fold ``sp`` through the benchmark tracks (the one harness)."""
+    from benchmarks.tracks import get_track
+
+    out = {}
+    for track in ("task_classification", "retrieval"):
+        outcome = get_track(track)().evaluate(method, zoo, sp)
+        out.update({f"{track}.{k}": v for k, v in outcome.metrics.items()})
+    return out
+
+
 @pytest.fixture(scope="module")
 def trained(zoo):
-    sp = split(zoo, seed=0)
-    return sp, lps.train(
-        zoo, train_tasks=sp.train_tasks, train_ids=sp.train_ids, mode="pairs", seed=0, epochs=8
-    )
+    from benchmarks.methods import create_method
+
+    sp = fold(zoo, 0)
+    method = create_method("lps", epochs=8).fit(zoo, list(sp.train_ids), 0)
+    return sp, method.scorer, method
 
 
-def test_split_is_honest_and_deterministic(zoo) -> None:
-    sp = split(zoo, seed=0, holdout_task_fraction=0.25, holdout_model_fraction=0.25)
-    assert len(sp.heldout_tasks) == 2 and len(sp.train_tasks) == 6
-    assert not set(sp.train_tasks) & set(sp.heldout_tasks)
+def test_folds_are_honest_and_deterministic(zoo) -> None:
+    folds = zoo.folds
+    assert len(folds) == 4  # 8 tasks: k = 5 is lowered so that every fold holds out 2 tasks
+    assert sorted(t for f in folds for t in f.heldout_tasks) == sorted(zoo.metadata["task"].unique())
     tasks = zoo.metadata["task"]
-    assert set(tasks[list(sp.train_ids)]) == set(sp.train_tasks)
-    assert set(tasks[list(sp.heldout_model_ids)]) <= set(sp.train_tasks)
-    assert set(tasks[list(sp.heldout_task_ids)]) == set(sp.heldout_tasks)
-    assert not set(sp.train_ids) & set(sp.heldout_model_ids)
-    assert len(split_ids(sp)) == len(zoo)  # every model is scored exactly once
-    assert split(zoo, seed=0, holdout_task_fraction=0.25, holdout_model_fraction=0.25) == sp
-    assert (
-        split(zoo, seed=1).heldout_tasks != sp.heldout_tasks
-        or split(zoo, seed=2).heldout_tasks != sp.heldout_tasks
-    )
+    for sp in folds:
+        assert len(sp.heldout_tasks) == 2 and len(sp.train_tasks) == 6
+        assert not set(sp.train_tasks) & set(sp.heldout_tasks)
+        assert set(tasks[list(sp.train_ids)]) == set(sp.train_tasks)
+        assert set(tasks[list(sp.heldout_model_ids)]) <= set(sp.train_tasks)
+        assert set(tasks[list(sp.heldout_task_ids)]) == set(sp.heldout_tasks)
+        assert not set(sp.train_ids) & set(sp.heldout_model_ids)
+        scored = [*sp.train_ids, *sp.heldout_model_ids, *sp.heldout_task_ids]
+        assert sorted(scored) == sorted(zoo.metadata.index)  # every model in exactly one role
+    assert make_folds(zoo.metadata, {"k": 4}) == folds
+    assert make_folds(zoo.metadata, {"k": 4, "seed": 1}) != folds
+    with pytest.raises(ModelSetError, match="fold 9 does not exist; the set has folds 0 to 3"):
+        fold(zoo, 9)
 
 
-def test_split_keeps_variant_families_together() -> None:
+def test_folds_keep_variant_families_together_and_recipes_out() -> None:
     rows = []
     for t in range(4):
-        for f in range(3):
+        for f in range(4):
             base = f"t{t}-b{f}"
+            recipe = "outside" if f == 3 else "zoo"
             rows += [
-                (base, f"t{t}", ""),
-                (f"{base}-pruned", f"t{t}", base),
-                (f"{base}-pruned-ft", f"t{t}", f"{base}-pruned"),
+                (base, f"t{t}", "", recipe),
+                (f"{base}-pruned", f"t{t}", base, None),
+                (f"{base}-pruned-ft", f"t{t}", f"{base}-pruned", None),
             ]
-    table = pd.DataFrame(rows, columns=["model_id", "task", "parent_id"]).set_index("model_id")
-    sp = split(table, seed=3, holdout_task_fraction=0.5, holdout_model_fraction=0.3)
-    held = set(sp.heldout_model_ids)
-    for mid in held:  # a held-out family is held out whole
-        root = mid.split("-pruned")[0]
-        assert {root, f"{root}-pruned", f"{root}-pruned-ft"} <= held
+    table = pd.DataFrame(rows, columns=["model_id", "task", "parent_id", "recipe_family"]).set_index("model_id")
+    folds = make_folds(table, {"k": 2, "seed": 3, "holdout_model_fraction": 0.3, "heldout_recipe_families": ["outside"]})
+    for sp in folds:
+        held = set(sp.heldout_model_ids)
+        for mid in held:  # a held-out family is held out whole
+            root = mid.split("-pruned")[0]
+            assert {root, f"{root}-pruned", f"{root}-pruned-ft"} <= held
+        # Held-out recipes: never fit on, in any fold, variants included.
+        outside = {m for m in table.index if m.split("-pruned")[0].endswith("b3")}
+        assert not outside & set(sp.train_ids)
+        assert outside - set(sp.heldout_task_ids) == set(sp.heldout_recipe_ids)
     with pytest.raises(ModelSetError, match="at least 4 tasks"):
-        split(table[table["task"].isin(["t0", "t1", "t2"])], seed=0)
+        make_folds(table[table["task"].isin(["t0", "t1", "t2"])])
+    with pytest.raises(ModelSetError, match=r"\['elsewhere'\] are not recipe families"):
+        make_folds(table, {"heldout_recipe_families": ["elsewhere"]})
+    with pytest.raises(ModelSetError, match="unknown keys \\['kk'\\]"):
+        make_folds(table, {"kk": 3})
 
 
 def test_trained_lps_separates_tasks_better_than_chance(zoo, trained) -> None:
-    sp, scorer = trained
-    scores = lps.evaluate_lps(scorer, zoo, sp)
-    baseline = evaluate_flattened_cosine(zoo, sp)
+    from benchmarks.methods import create_method
+
+    sp, scorer, method = trained
+    scores = _scores(method, zoo, sp)
+    baseline = _scores(create_method("flat_cosine").fit(zoo, list(sp.train_ids), 0), zoo, sp)
     # Chance: AUC 0.5, task accuracy 1/6, held-out mAP about 0.5 with two tasks of 12 models.
-    assert scores["heldout_model_auc"] > 0.9
-    assert scores["heldout_model_task_accuracy"] > 0.8
-    assert scores["heldout_task_map"] > 0.65
+    assert scores["task_classification.auc"] > 0.9
+    assert scores["task_classification.accuracy"] > 0.8
+    assert scores["retrieval.map"] > 0.65
     # Synthetic models are permuted copies: without alignment the weights look unrelated.
-    assert scores["heldout_model_auc"] > baseline["heldout_model_auc"] + 0.1
+    assert scores["task_classification.auc"] > baseline["task_classification.auc"] + 0.1
     assert scorer.config["train_tasks"] == sorted(sp.train_tasks)
 
 
 def test_contrastive_mode_learns(zoo) -> None:
-    sp = split(zoo, seed=0)
-    scorer = lps.train(zoo, train_ids=sp.train_ids, mode="contrastive", seed=0, epochs=3, batch_size=32)
-    scores = lps.evaluate_lps(scorer, zoo, sp)
-    assert scores["heldout_model_auc"] > 0.75
+    from benchmarks.methods import create_method
+
+    sp = fold(zoo, 0)
+    method = create_method("lps_contrastive", epochs=3).fit(zoo, list(sp.train_ids), 0)
+    assert _scores(method, zoo, sp)["task_classification.auc"] > 0.75
+
+
+def test_cached_training_is_reused_only_for_the_same_fit(zoo, tmp_path) -> None:
+    from lps.train import train_cached
+
+    sp = fold(zoo, 1)
+    first = train_cached(zoo, sp.train_ids, tmp_path, seed=1, epochs=1)
+    again = train_cached(zoo, list(reversed(sp.train_ids)), tmp_path, seed=1, epochs=1, hidden=256)  # defaults spelled out
+    assert again.config["cache_key"] == first.config["cache_key"]
+    assert again.config["train_seconds"] == first.config["train_seconds"]  # loaded, not trained again
+    assert len(list(tmp_path.iterdir())) == 1
+    other = train_cached(zoo, sp.train_ids, tmp_path, seed=1, epochs=2)
+    assert other.config["cache_key"] != first.config["cache_key"]
+    assert len(list(tmp_path.iterdir())) == 2
+    ids = list(zoo.metadata.index[:5])
+    torch.testing.assert_close(again.embed(ids, ms=zoo), first.embed(ids, ms=zoo))
+    with pytest.raises(ModelSetError, match="unknown options \\['epoch'\\]"):
+        train_cached(zoo, sp.train_ids, tmp_path, epoch=3)
 
 
 def test_train_refuses_models_outside_training_tasks(zoo) -> None:
-    sp = split(zoo, seed=0)
+    sp = fold(zoo, 0)
     with pytest.raises(ModelSetError, match="not training tasks"):
         lps.train(zoo, train_tasks=sp.train_tasks, train_ids=list(sp.heldout_task_ids[:3]), epochs=1)
     with pytest.raises(ModelSetError, match="unknown LPS training mode 'triplet'"):
@@ -106,7 +151,7 @@ def test_train_refuses_models_outside_training_tasks(zoo) -> None:
 
 
 def test_save_load_gives_identical_embeddings(zoo, trained, tmp_path) -> None:
-    _, scorer = trained
+    _, scorer, _ = trained
     ids = list(zoo.metadata.index[:10])
     before = scorer.embed(ids, ms=zoo)
     scorer.save(tmp_path / "ckpt")
@@ -125,7 +170,7 @@ def test_save_load_gives_identical_embeddings(zoo, trained, tmp_path) -> None:
 
 
 def test_load_rejects_bad_checkpoints(trained, tmp_path) -> None:
-    _, scorer = trained
+    _, scorer, _ = trained
     folder = scorer.save(tmp_path / "ckpt")
     with pytest.raises(ModelSetError, match="lps.json: missing"):
         LPS.load(tmp_path)
@@ -140,7 +185,7 @@ def test_load_rejects_bad_checkpoints(trained, tmp_path) -> None:
 
 
 def test_search_returns_the_query_model_first(zoo, trained, tmp_path, capsys) -> None:
-    _, scorer = trained
+    _, scorer, _ = trained
     scorer.save(tmp_path / "lps" / "seed0")
     mid = zoo.metadata.index[17]
     state = zoo.state_dict(mid)
@@ -171,7 +216,7 @@ def test_search_returns_the_query_model_first(zoo, trained, tmp_path, capsys) ->
 
 
 def test_search_rejects_unknown_architectures_and_unsafe_files(zoo, trained, tmp_path, capsys) -> None:
-    _, scorer = trained
+    _, scorer, _ = trained
     state = zoo.state_dict(zoo.metadata.index[0])
     wrong = dict(state, **{"conv2.weight": torch.zeros(8, 16, 3, 3)})
     with pytest.raises(
@@ -193,20 +238,6 @@ def test_search_rejects_unknown_architectures_and_unsafe_files(zoo, trained, tmp
     )
     assert code == 2
     assert "wrapped.pt: its architecture is not one the zoo" in capsys.readouterr().err
-
-
-def test_random_scorer_at_chance_and_oracle_at_maximum(zoo) -> None:
-    sp = split(zoo, seed=0)
-    ids = split_ids(sp)
-    task_of = zoo.metadata["task"].astype(str).to_dict()
-    labels = np.asarray([task_of[m] for m in ids])
-    oracle = evaluate_similarity((labels[:, None] == labels[None, :]).astype(float), ids, task_of, sp)
-    assert all(v == pytest.approx(1.0) for v in oracle.values()), oracle
-    rng = np.random.default_rng(0)
-    runs = [evaluate_similarity(rng.random((len(ids), len(ids))), ids, task_of, sp) for _ in range(20)]
-    assert np.mean([r["heldout_model_auc"] for r in runs]) == pytest.approx(0.5, abs=0.05)
-    assert np.mean([r["heldout_model_task_accuracy"] for r in runs]) == pytest.approx(1 / 6, abs=0.08)
-    assert np.mean([r["heldout_task_rank1"] for r in runs]) == pytest.approx(11 / 23, abs=0.08)
 
 
 def test_pair_sampler_balances_and_grades() -> None:
@@ -280,19 +311,17 @@ def test_mixed_architectures_share_a_bank() -> None:
 
 
 @pytest.mark.slow
-def test_cli_train_writes_the_table(zoo, tmp_path, capsys) -> None:
+def test_cli_train_saves_one_checkpoint_per_fold_and_one_for_search(zoo, tmp_path, capsys) -> None:
     out = tmp_path / "lps"
-    code = main(["train", "--zoo", str(zoo.root), "--out", str(out), "--seeds", "0", "1", "--epochs", "3"])
+    code = main(["train", "--zoo", str(zoo.root), "--out", str(out), "--folds", "0", "2", "--all-tasks", "--epochs", "1"])
     assert code == 0
-    report = json.loads((out / "results.json").read_text())
-    assert set(report["summary"]) == {"LPS (pairs)", "flattened cosine"}
-    assert [r["seed"] for r in report["runs"]] == [0, 1]
-    auc = report["summary"]["LPS (pairs)"]["heldout_model_auc"]
-    assert len(auc["values"]) == 2 and auc["mean"] == pytest.approx(np.mean(auc["values"]))
-    assert (out / "seed0" / "lps.safetensors").exists() and (out / "seed1" / "lps.json").exists()
-    printed = capsys.readouterr().out
-    assert "| held-out tasks: mAP |" in printed and "flattened cosine" in printed
-    assert (out / "results.md").read_text().count("±") == 13  # header + 6 metrics × 2 methods
+    names = sorted(p.name.rsplit("-", 1)[0] for p in out.iterdir() if p.name != "search")
+    assert names == ["pairs-all", "pairs-fold0", "pairs-fold2"]
+    assert (out / "search" / "lps.safetensors").exists()
+    assert lps.LPS.load(out / "search").config["train_models"] == len(zoo)
+    assert "python -m benchmarks run" in capsys.readouterr().out
+    assert main(["train", "--zoo", str(zoo.root), "--out", str(out), "--folds", "7"]) == 2
+    assert "fold 7 does not exist" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

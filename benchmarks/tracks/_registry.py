@@ -156,6 +156,8 @@ def embedding_map(method: SimilarityMethod, ms: ModelSet, ids: list[str]) -> dic
     from sklearn.decomposition import PCA
 
     emb = method.embed(ms, ids).numpy().astype(np.float64)
+    if emb.shape[1] < 2:
+        return {}
     emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     xy = PCA(n_components=2, random_state=0).fit_transform(emb)
     return {
