@@ -58,7 +58,7 @@ def verify(path: str | os.PathLike, checksums: bool = True) -> dict[str, Any]:
     files = verify_checksums(root) if checksums else 0
     ms = ModelSet(root)
     try:
-        _ = ms.tasks, ms.relations
+        _ = ms.tasks, ms.relations, ms.folds  # the folds must name the set's models, each task held out once
         table = ms.metadata
         task_ids = set(ms.tasks.index.astype(str)) if len(ms.tasks) else None
         if task_ids is not None:
