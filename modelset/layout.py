@@ -100,7 +100,7 @@ class Layout:
                     f"{self.architecture}: integer tensor {s.tensor!r} holds values beyond 2**24, "
                     "which float32 cannot hold exactly"
                 )
-            parts.append(value.reshape(*batch, s.size).astype(np.float32, copy=False))
+            parts.append(value.reshape((*batch, s.size)).astype(np.float32, copy=False))
         return np.concatenate(parts, axis=leading)
 
     def unflatten(self, vector: np.ndarray) -> dict[str, np.ndarray]:
@@ -113,7 +113,7 @@ class Layout:
             )
         batch = vector.shape[:-1]
         return {
-            s.tensor: vector[..., s.offset : s.offset + s.size].reshape(*batch, *s.shape).astype(s.dtype)
+            s.tensor: vector[..., s.offset : s.offset + s.size].reshape((*batch, *s.shape)).astype(s.dtype)
             for s in self.slots
         }
 
