@@ -562,9 +562,9 @@ def render_card(root: Path, header: Mapping[str, Any], table: pd.DataFrame, sect
             f"Format schema version {SCHEMA_VERSION}; created {header.get('created')}."
         ),
         "How it was made": (sections.get("How it was made", "").rstrip() + "\n\n").lstrip()
-        + "Built from this config:\n\n```json\n"
-        + json.dumps(header.get("config", {}), indent=2, sort_keys=True)
-        + "\n```\n",
+        + "Built from this config:\n\n```yaml\n"
+        + yaml.safe_dump(header.get("config", {}), sort_keys=False, default_flow_style=None, width=100)
+        + "```\n",
         "Tasks": _tasks_section(tasks, table),
         "Relations": _relations_section(root, header, sections),
         "Splits": _splits_section(root, table),

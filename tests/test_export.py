@@ -55,7 +55,7 @@ def test_export_gives_the_tensors_of_stacked(mini_set, tmp_path: Path, offline: 
         layout = read_layout(out / "layouts" / f"{config}.csv")
         ids = table.index[(table["architecture"] == arch) & (table["arch_kwargs"] == kwargs)]
         expected_rows = sum(len(str(c).split(",")) for c in table.loc[ids, "checkpoints"])
-        assert len(rows["model_id"]) == expected_rows and set(rows["model_id"]) == set(ids)
+        assert len(rows["model_id"]) == expected_rows and set(rows["model_id"]) == set(ids) and len(ids) == n
         params = rows["parameters"]
         assert params.dtype == np.float32 and params.shape == (expected_rows, layout.length)
         for checkpoint in sorted(set(rows["checkpoint"])):
