@@ -523,7 +523,7 @@ def hf_header(header: Mapping[str, Any], table: pd.DataFrame, configs: list[dict
         "task_categories": ["image-classification"],
         "tags": tags,
         "size_categories": [size_category(len(table))],
-        "configs": configs,
+        **({"configs": configs} if configs else {}),
         "modelset": {
             "name": str(header["name"]),
             "schema_version": SCHEMA_VERSION,
@@ -549,7 +549,9 @@ def render_card(root: Path, header: Mapping[str, Any], table: pd.DataFrame, sect
     counts = header.get("counts", {})
     tasks = _tasks(root)
     relations = _relations(root)
-    configs = [{"config_name": "models", "data_files": MODELS_FILE, "default": True}]
+    configs = []  # only files that exist: the Hub rejects a config without data files
+    if (root / MODELS_FILE).exists():
+        configs.append({"config_name": "models", "data_files": MODELS_FILE, "default": True})
     if (root / TASKS_FILE).exists():
         configs.append({"config_name": "tasks", "data_files": TASKS_FILE})
     n_models = counts.get("models", len(table))

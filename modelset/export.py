@@ -198,7 +198,7 @@ def _card_body(ms, configs: list[dict[str, Any]], folds: dict[str, Any] | None) 
         "import datasets",
         f"ds = datasets.load_dataset('PATH', '{default}', split='full').with_format('numpy')",
         "final = ds.filter(lambda row: row['checkpoint'] == 'final')",
-        "vectors = final['parameters']   # (n_models, length) float32",
+        "vectors = final[:]['parameters']   # (n_models, length) float32",
         "```",
         "",
         "## Configs",

@@ -31,6 +31,7 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")  # not the user's cache
     return tmp_path / "hf-cache"
 
 
@@ -66,6 +67,13 @@ def test_export_gives_the_tensors_of_stacked(mini_set, tmp_path: Path, offline: 
                 assert np.array_equal(value, stacked[key].numpy()), (config, checkpoint, key)
         assert plain["test_accuracy"] == table.loc[plain["model_id"], "test_accuracy"].tolist()
         assert "shard" not in rows and "block" not in rows  # location columns mean nothing here
+    # the card's example runs as written
+    example = card.split("```python\n", 1)[1].split("```", 1)[0].replace("'PATH'", repr(str(out)))
+    namespace: dict = {}
+    exec(example, namespace)
+    n_final = int(((table["architecture"] == "cnn3") & (table["arch_kwargs"] == '{"num_classes":5,"strides":[2,2,2]}')).sum())
+    assert default == layout_file_name("cnn3", '{"num_classes":5,"strides":[2,2,2]}').removesuffix(".csv")
+    assert namespace["vectors"].shape == (n_final, 4885) and namespace["vectors"].dtype == np.float32
     whole = datasets.load_dataset(str(out), cache_dir=str(offline))  # no config: the default one
     assert list(whole) == ["full"]
     assert set(whole["full"]["model_id"]) == set(_load(out, default, offline)[1]["model_id"])
