@@ -117,3 +117,11 @@ def test_export_refuses_to_replace_and_the_cli(tmp_path: Path, capsys: pytest.Ca
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]  # no staging left behind
     header = json.loads((root / "modelset.json").read_text())
     assert header["name"] in (out / "README.md").read_text()
+
+
+def test_the_set_itself_loads_its_tables(mini_set, offline: Path) -> None:
+    """The set's own card declares its model and task tables as configs."""
+    models = datasets.load_dataset(str(mini_set.root), cache_dir=str(offline))
+    assert list(models) == ["train"] and sorted(models["train"]["model_id"]) == sorted(mini_set.metadata.index)
+    tasks = datasets.load_dataset(str(mini_set.root), "tasks", cache_dir=str(offline))
+    assert list(tasks["train"]["task"]) == list(mini_set.tasks.index)
