@@ -36,11 +36,11 @@ from modelset.card import (
     hf_header,
     read_folds,
 )
-from modelset.errors import ExistsError, SchemaError
+from modelset.errors import ExistsError, ModelSetError, SchemaError
 from modelset.format import CARD_FILE
 from modelset.layout import LAYOUTS_DIR, Layout, set_layouts
 
-__all__ = ["export_hf", "LOCATION_COLUMNS"]
+__all__ = ["ExportError", "LOCATION_COLUMNS", "export_hf"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 LOCATION_COLUMNS = ("shard", "block", "index", "checkpoints")
 ROLES = ("train", "heldout_models", "heldout_tasks")
 _ROLE_KEYS = {"train": "train_ids", "heldout_models": "heldout_model_ids", "heldout_tasks": "heldout_task_ids"}
+
+
+class ExportError(ModelSetError):
+    """An export request is not valid."""
 
 
 def _config_name(layout: Layout) -> str:
@@ -109,6 +113,8 @@ def export_hf(
     from modelset.reader import ModelSet
 
     root, out = Path(path), Path(out).absolute()
+    if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
+        raise ExportError(f"{out} is inside the model set {root}; export to a folder outside it (a set holds only its own files)")
     if out.exists() and not overwrite:
         raise ExistsError(f"{out} exists; choose another folder or pass overwrite=True (--overwrite)")
     with ModelSet(root) as ms:

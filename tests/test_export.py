@@ -13,7 +13,7 @@ import yaml
 
 import modelset
 from modelset.errors import ExistsError
-from modelset.export import export_hf
+from modelset.export import ExportError, export_hf
 from modelset.layout import layout_file_name, read_layout
 from modelset.synthetic import write_synthetic
 
@@ -117,6 +117,9 @@ def test_export_refuses_to_replace_and_the_cli(tmp_path: Path, capsys: pytest.Ca
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]  # no staging left behind
     header = json.loads((root / "modelset.json").read_text())
     assert header["name"] in (out / "README.md").read_text()
+    with pytest.raises(ExportError, match="inside the model set"):
+        export_hf(root, root / "hf")
+    modelset.verify(root)  # untouched
 
 
 def test_the_set_itself_loads_its_tables(mini_set, offline: Path) -> None:
