@@ -22,7 +22,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
@@ -39,6 +39,9 @@ from modelset.card import (
 from modelset.errors import ExistsError, ModelSetError, SchemaError
 from modelset.format import CARD_FILE
 from modelset.layout import LAYOUTS_DIR, Layout, set_layouts
+
+if TYPE_CHECKING:
+    from modelset.reader import ModelSet
 
 __all__ = ["ExportError", "LOCATION_COLUMNS", "export_hf"]
 
@@ -80,7 +83,7 @@ def _schema(meta: pd.DataFrame, layout: Layout) -> tuple[pa.Schema, list[str]]:
     return pa.schema(fields), [f.name for f in fields[2:-1]]
 
 
-def _write_part(ms, path: Path, ids: list[str], layout: Layout, meta: pd.DataFrame, schema: pa.Schema,
+def _write_part(ms: ModelSet, path: Path, ids: list[str], layout: Layout, meta: pd.DataFrame, schema: pa.Schema,
                 columns: list[str], chunk_size: int) -> int:
     """Write the rows of ``ids`` (every checkpoint they have) to one Parquet file; return rows."""
     rows = 0
@@ -177,7 +180,7 @@ def export_hf(
     return out
 
 
-def _card_body(ms, configs: list[dict[str, Any]], folds: dict[str, Any] | None) -> str:
+def _card_body(ms: ModelSet, configs: list[dict[str, Any]], folds: dict[str, Any] | None) -> str:
     from modelset.card import _citation_section, _licence_section, _preprocessing_text, _table
 
     default = next(c["config_name"] for c in configs if c.get("default"))

@@ -29,12 +29,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from modelset import _io
 from modelset.errors import InvalidParametersError, SchemaError
+
+if TYPE_CHECKING:
+    from modelset.reader import ModelSet
 
 LAYOUTS_DIR = "layouts"
 LAYOUT_INDEX = "index.csv"
@@ -167,7 +171,7 @@ def read_layout(path: str | Path, architecture: str = "", arch_kwargs: str = "")
     return Layout(architecture, arch_kwargs, tuple(slots))
 
 
-def set_layouts(ms) -> list[tuple[Layout, list[str]]]:
+def set_layouts(ms: ModelSet) -> list[tuple[Layout, list[str]]]:
     """Every signature of the open model set ``ms`` with its layout (dtypes as stored) and its
     model ids, sorted by architecture and keyword arguments."""
     out = []
@@ -178,7 +182,7 @@ def set_layouts(ms) -> list[tuple[Layout, list[str]]]:
     return out
 
 
-def write_layouts(root: Path, ms) -> list[Path]:
+def write_layouts(root: Path, ms: ModelSet) -> list[Path]:
     """Write ``layouts/*.csv`` and ``layouts/index.csv`` for the open set ``ms`` at ``root``;
     drop layout files of signatures no longer in the set. Returns the written paths."""
     folder = root / LAYOUTS_DIR
