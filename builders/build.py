@@ -282,7 +282,7 @@ def build(
         timings["base_models_s"] = time.perf_counter() - t_start
 
         tasks_df = tasks_frame(tasks)
-        card: dict[str, str] = {"How it was built": _build_text(cfg, tasks, specs)}
+        card: dict[str, str] = {"How it was made": _build_text(cfg, tasks, specs)}
         tcfg = cfg.get("transfer") or {}
         if tcfg.get("enabled", False):
             t0 = time.perf_counter()
@@ -294,7 +294,7 @@ def build(
                 aff, scratch, text = _transfer(w, out, cfg, tasks, device, progress)
             w.set_relation("transfer_affinity", aff)
             tasks_df["scratch_accuracy"] = scratch.reindex(tasks_df.index)
-            card["Transfer affinity protocol"] = text
+            card["Relation: transfer_affinity"] = text
             timings["transfer_s"] = time.perf_counter() - t0
         w.set_tasks(tasks_df)
 

@@ -88,6 +88,20 @@ def _fetch_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("export", "export a model set for other libraries (Hugging Face datasets: Parquet + card)", lambda p: (
+    p.add_argument("path", help="model set folder"),
+    p.add_argument("out", help="folder to write (appears only once complete)"),
+    p.add_argument("--format", choices=["hf"], default="hf", help="hf: Parquet files and a card for datasets.load_dataset"),
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists"),
+))
+def _export_cli(args: argparse.Namespace) -> int:
+    from modelset.export import export_hf
+
+    out = export_hf(args.path, args.out, overwrite=args.overwrite)
+    print(f"Hugging Face export written to {out} (load it with datasets.load_dataset({str(out)!r}))")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

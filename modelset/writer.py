@@ -282,11 +282,22 @@ class ModelSetWriter:
         self._refresh()
 
     def finish(self, card: Mapping[str, str] | None = None) -> None:
-        """Mark the set complete, write its dataset card, header counts and checksums."""
-        from modelset.card import render_card
+        """Mark the set complete; write its layouts, LICENSE, CITATION.cff, dataset card, header
+        counts and checksums."""
+        from modelset import citation
+        from modelset.card import CITATION_FILE, LICENSE_FILE, render_card
+        from modelset.layout import write_layouts
+        from modelset.reader import ModelSet
 
         self.header["complete"] = True
         self._refresh(write_sums=False)
+        if len(self._table):
+            with ModelSet(self.root) as ms:
+                write_layouts(self.root, ms)
+        datasets = sorted({str(d) for d in self._table["dataset"]}) if len(self._table) else []
+        _io.write_text_atomic(self.root / LICENSE_FILE, citation.set_license_text(datasets))
+        created = str(self.header.get("created", ""))[:10] or None
+        _io.write_text_atomic(self.root / CITATION_FILE, citation.citation_cff(str(self.header["name"]), created))
         text = render_card(self.root, self.header, self._table, card or {})
         _io.write_text_atomic(self.root / CARD_FILE, text)
         write_checksums(self.root)

@@ -67,7 +67,8 @@ def toy(tmp_path: Path, records) -> Path:
 
 def test_round_trip_tensors_and_metadata(toy: Path, records) -> None:
     report = modelset.verify(toy)
-    assert report == {"files": 7, "models": 6, "shards": 2}
+    # 7 data files + LICENSE, CITATION.cff and layouts (index.csv and one per signature: 2)
+    assert report == {"files": 12, "models": 6, "shards": 2}
     ms = modelset.open(toy)
     assert list(ms.metadata.index) == [f"m{i:03d}" for i in range(6)]
     assert ms.metadata.index.name == "model_id"
