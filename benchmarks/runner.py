@@ -99,6 +99,8 @@ def run(
     if unknown_cfg:
         log.warning("config given for methods not being run: %s", unknown_cfg)
     splits = load_folds(ms)
+    if not splits:
+        raise ResultError(f"{ms.root}: the set has no task folds (it needs at least 4 tasks with 2 model families each)")
     chosen = list(range(len(splits))) if folds is None else [int(f) for f in folds]
     bad = [f for f in chosen if not 0 <= f < len(splits)]
     if bad:

@@ -21,6 +21,8 @@ def load_folds(ms) -> list[Split]:
 def fold(ms, index: int) -> Split:
     """Fold ``index`` of ``ms``; ``ModelSetError`` naming the valid range otherwise."""
     folds = load_folds(ms)
+    if not folds:
+        raise ModelSetError(f"{ms.root}: the set has no task folds (it needs at least 4 tasks with 2 model families each)")
     if not 0 <= int(index) < len(folds):
         raise ModelSetError(f"{ms.root}: fold {index} does not exist; the set has folds 0 to {len(folds) - 1}")
     return folds[int(index)]

@@ -163,11 +163,15 @@ class ModelSet:
     def folds(self) -> list[Split]:
         """The task folds of the evaluation protocol (``splits/folds.json``; see
         :mod:`modelset.folds`). A set built before folds shipped gets them computed from its table
-        with the default fold config."""
+        with the default fold config, or none when it has too few tasks or model families."""
         path = self.root / FOLDS_FILE
         if not path.exists():
             log.info("%s has no %s; using the default %d task folds", self.root, FOLDS_FILE, DEFAULT_K)
-            return make_folds(self.metadata, FoldConfig.from_dict((self.header.get("config") or {}).get("folds")))
+            try:
+                return make_folds(self.metadata, FoldConfig.from_dict((self.header.get("config") or {}).get("folds")))
+            except SchemaError as exc:  # too few tasks or families: the set supports no evaluation
+                log.warning("%s: no task folds (%s)", self.root, exc)
+                return []
         if not path.is_file() or path.is_symlink():
             raise SchemaError(f"{path}: expected a regular file")
         if path.stat().st_size > MAX_FOLDS_BYTES:

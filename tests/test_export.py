@@ -75,7 +75,8 @@ def test_export_gives_the_tensors_of_stacked(mini_set, tmp_path: Path, offline: 
     assert default == layout_file_name("cnn3", '{"num_classes":5,"strides":[2,2,2]}').removesuffix(".csv")
     assert namespace["vectors"].shape == (n_final, 4885) and namespace["vectors"].dtype == np.float32
     whole = datasets.load_dataset(str(out), cache_dir=str(offline))  # no config: the default one
-    assert list(whole) == ["full"]
+    folds = [f"fold{f.fold}_{kind}" for f in mini_set.folds for kind in ("train", "heldout_models", "heldout_tasks")]
+    assert sorted(whole) == sorted(["full", *folds])
     assert set(whole["full"]["model_id"]) == set(_load(out, default, offline)[1]["model_id"])
 
 
