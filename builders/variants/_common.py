@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,6 +135,106 @@ def train(
     return mean_loss
 
 
+@dataclass(frozen=True)
+class Regime:
+    """The training regime a method and its baseline twin share: SGD with momentum, a linear
+    warm-up over ``warmup`` of the steps, then a cosine decay to 0 (per step), as in the STR and
+    shape-adaptor authors' code. ``n_train`` images (all if None) for ``epochs`` epochs."""
+
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    epochs: int = 3
+    n_train: int | None = 1000
+    warmup: float = 0.1
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], **defaults: Any) -> Regime:
+        """A regime from a recipe's params (keys as the fields; others ignored), over ``defaults``."""
+        fields = {k: v for k, v in {**defaults, **params}.items() if k in cls.__dataclass_fields__}
+        try:
+            regime = cls(**fields)
+        except TypeError as exc:
+            raise VariantError(f"variant training regime {fields}: {exc}") from exc
+        if regime.lr <= 0 or regime.epochs < 0 or regime.batch_size < 1 or not 0 <= regime.warmup < 1:
+            raise VariantError(
+                f"variant training regime {regime}: needs lr > 0, epochs >= 0, batch_size >= 1, 0 <= warmup < 1"
+            )
+        return regime
+
+    def steps(self, n: int) -> int:
+        """Optimiser steps of the regime on ``n`` examples."""
+        return self.epochs * max(1, (n + self.batch_size - 1) // self.batch_size)
+
+    def row(self) -> dict[str, Any]:
+        """The regime as table columns (the same for a method and its twin)."""
+        return {"optimizer": "sgd_nesterov" if self.nesterov else "sgd", "lr": self.lr,
+                "momentum": self.momentum, "weight_decay": self.weight_decay,
+                "batch_size": self.batch_size, "epochs": self.epochs, "schedule": "warmup_cosine",
+                "warmup": self.warmup}
+
+
+def warmup_cosine(step: int, total: int, warmup: float) -> float:
+    """Learning-rate factor at ``step`` (0-based) of ``total``: linear warm-up, then cosine to 0."""
+    n_warm = int(round(warmup * total))
+    if step < n_warm:
+        return (step + 1) / n_warm
+    progress = (step - n_warm) / max(1, total - n_warm)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def fit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    regime: Regime,
+    *,
+    seed: int,
+    groups: list[dict[str, Any]] | None = None,
+    extra_loss: Callable[[], torch.Tensor] | None = None,
+    before_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    after_step: Callable[[int, int], None] | None = None,
+) -> float:
+    """Train ``model`` on ``x`` ``(n, C, H, W)``, ``y`` ``(n,)`` in ``regime``; last epoch's mean loss.
+
+    ``groups`` are SGD parameter groups (e.g. a different weight decay for some parameters;
+    default: every parameter with the regime's decay); their learning rates follow the regime's
+    schedule. ``before_step(step, xb, yb)`` runs before each weight step (a side update such as
+    the shape adaptors' α step); ``after_step(step, total)`` after it (pruning schedules).
+    """
+    groups = groups if groups is not None else [{"params": list(model.parameters())}]
+    opt = torch.optim.SGD(groups, lr=regime.lr, momentum=regime.momentum, nesterov=regime.nesterov,
+                          weight_decay=regime.weight_decay)
+    total = regime.steps(len(y))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: warmup_cosine(t, total, regime.warmup))
+    generator = torch.Generator().manual_seed(seed)
+    step, mean_loss = 0, float("nan")
+    model.train()
+    for _ in range(regime.epochs):
+        order = torch.randperm(len(y), generator=generator)
+        running, batches = 0.0, 0
+        for start in range(0, len(y), regime.batch_size):
+            idx = order[start : start + regime.batch_size]
+            if before_step is not None:
+                before_step(step, x[idx], y[idx])
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            if extra_loss is not None:
+                loss = loss + extra_loss()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            if after_step is not None:
+                after_step(step, total)
+            running += float(loss.detach())
+            batches += 1
+        mean_loss = running / max(1, batches)
+    return mean_loss
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
     """Top-1 accuracy of ``model`` (put in eval mode) on ``x`` ``(n, C, H, W)``, ``y`` ``(n,)``."""
@@ -218,3 +319,41 @@ def variant_id(parent_id: str, variant: str, tag: str, seed: int) -> str:
     """Stable id: ``{parent}-{variant}[-{tag}]-s{seed}`` (tag holds the level, e.g. ``k0.5``)."""
     tag = f"-{tag}" if tag else ""
     return f"{parent_id}-{variant}{tag}-s{seed}"
+
+
+#: How often a diverged from-scratch run is retrained at half the learning rate before giving up.
+MAX_LR_HALVINGS = 3
+
+
+def train_scratch(
+    parent: Parent,
+    data: TaskTensors,
+    seed: int,
+    arch_kwargs: dict[str, Any],
+    regime: Regime,
+    *,
+    setup: Callable[[nn.Module, Regime], dict[str, Any]] | None = None,
+) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, Any]]:
+    """Train the parent's architecture with ``arch_kwargs`` from scratch in ``regime``.
+
+    ``setup(model, regime)`` returns extra ``fit`` arguments (``groups``, ``before_step``, ...)
+    for the freshly built model. A run whose loss or weights are not finite is retrained from the
+    same start with the learning rate halved (at most ``MAX_LR_HALVINGS`` times; recorded in
+    ``lr_halvings``). Returns the trained model, its initial weights and the regime's row.
+    """
+    x, y = data.train_subset(regime.n_train, seed)
+    for halvings in range(MAX_LR_HALVINGS + 1):
+        torch.manual_seed(seed)
+        model = build_architecture(parent.architecture, arch_kwargs)
+        init = {k: v.clone() for k, v in model.state_dict().items()}
+        extra = setup(model, regime) if setup is not None else {}
+        loss = fit(model, x, y, regime, seed=seed, **extra)
+        if math.isfinite(loss) and all(bool(torch.isfinite(v).all()) for v in model.state_dict().values()):
+            break
+        if halvings == MAX_LR_HALVINGS:
+            raise VariantError(
+                f"{parent.model_id!r} with {arch_kwargs}: training diverged even at learning rate {regime.lr:g}"
+            )
+        log.warning("%s %s diverged at lr %g; retraining at half the rate", parent.model_id, arch_kwargs, regime.lr)
+        regime = Regime(**{**regime.__dict__, "lr": regime.lr / 2})
+    return model, init, {"n_train": len(y), "start": "scratch", "lr_halvings": halvings, **regime.row()}
