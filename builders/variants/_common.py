@@ -357,3 +357,13 @@ def train_scratch(
         log.warning("%s %s diverged at lr %g; retraining at half the rate", parent.model_id, arch_kwargs, regime.lr)
         regime = Regime(**{**regime.__dict__, "lr": regime.lr / 2})
     return model, init, {"n_train": len(y), "start": "scratch", "lr_halvings": halvings, **regime.row()}
+
+
+def spread_tasks(task_ids: list[str], n: int | None) -> list[str]:
+    """``n`` of ``task_ids`` spread evenly over the list (every k-th, k = len / n; all if ``n`` is
+    None or at least the length), in their order: the tasks whose models get a config's variants."""
+    if n is None or n >= len(task_ids):
+        return list(task_ids)
+    if n < 1:
+        raise VariantError(f"variants: parents.tasks must be at least 1, got {n}")
+    return [task_ids[(i * len(task_ids)) // n] for i in range(n)]

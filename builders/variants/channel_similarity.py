@@ -33,6 +33,10 @@ next layer receives the representative in place of every member (exact when memb
 A short fine-tune follows (``_pruning.finetune``: SGD with momentum, warm-up and cosine schedule,
 the same for both twins). The result is a physically narrower ``cnn3``. Baseline: L1-norm filter
 pruning to the same channel counts, hence the same FLOPs, fine-tuned in the same regime.
+
+**Deviations from the paper:** the similarity is the project's own output-moment distance, not
+the paper's metric; one keep ratio for every layer; a fine-tune of two epochs on the task's images
+(SGD, warm-up and cosine) in place of the paper's longer fine-tuning.
 """
 
 from __future__ import annotations
