@@ -427,6 +427,16 @@ def test_comparison_tables_values_and_files(tmp_path) -> None:
     assert (tmp_path / "out" / "shape_adaptor_scales.csv").read_text().startswith("adaptor,scale_mean")
 
 
+def test_card_lists_each_recipes_deviations() -> None:
+    from builders.variants._card import card_text, deviations
+
+    for recipe in ("str", "channel_sim", "shape_adaptor", "nsl"):
+        assert deviations(recipe).startswith("**Deviations"), recipe
+    text = card_text([{"recipe": "nsl", "parents": {"tasks": 3}, "params": {"epochs": 1}}])
+    assert "- `nsl` on parents {'tasks': 3}, params epochs=1. **Deviations" in text
+    assert "``" not in text and "\n\n- " in text
+
+
 def test_paired_stats_interval_and_wilcoxon() -> None:
     from scipy import stats
 

@@ -21,7 +21,7 @@ def deviations(recipe: str) -> str:
 def card_text(entries: Sequence[Mapping[str, Any]]) -> str:
     """Markdown for the card: one bullet per ``variants:`` entry, with its deviations."""
     lines = ["Each method beside its paper's baseline twin (same optimiser, schedule, data and steps); "
-             "`python -m builders.variants tables` gives the paired comparisons."]
+             "`python -m builders.variants tables` gives the paired comparisons.", ""]
     for entry in entries:
         recipe = str(entry["recipe"])
         params = ", ".join(f"{k}={v}" for k, v in (entry.get("params") or {}).items()) or "defaults"
