@@ -256,7 +256,7 @@ def test_alpha_moves_only_on_its_own_steps(parent: Parent, data: TaskTensors) ->
     fit(model, data.x_train, data.y_train, regime, seed=0,
         after_step=lambda step, total: history.append(float(model.sa0.alpha.detach())), **extra)
     # Steps 0 and 2 update α (before the weights' step); step 1 leaves it where step 0 put it.
-    assert history[0] != float(build_architecture("cnn3", {**parent.arch_kwargs, "downsample": "shape_adaptor"}).sa0.alpha)
+    assert history[0] != float(build_architecture("cnn3", {**parent.arch_kwargs, "downsample": "shape_adaptor"}).sa0.alpha.detach())
     assert history[1] == history[0] and history[2] != history[1]
 
 

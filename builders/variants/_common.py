@@ -1,4 +1,5 @@
-"""Shared pieces of the variant recipes: inputs, a plain training loop, scoring and records.
+"""Shared pieces of the variant recipes: inputs, the training regime a method shares with its
+twin (``Regime``, ``fit``), scoring and records.
 
 Every recipe stores its model as ``(architecture, arch_kwargs, state_dict)`` and computes the
 recorded ``test_accuracy`` on a model *rebuilt* from exactly those, so ``ms.model(id)``
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,16 +41,6 @@ class Parent:
     state_dict: Mapping[str, torch.Tensor]
     row: Mapping[str, Any] = field(default_factory=dict)
 
-    def hparams(self) -> dict[str, Any]:
-        """The parent's optimiser settings, the starting point of every recipe's training."""
-        row = self.row
-        return {
-            "lr": float(row.get("lr", 1e-2)),
-            "weight_decay": float(row.get("weight_decay", 1e-4)),
-            "batch_size": int(row.get("batch_size", 64)),
-            "optimizer": str(row.get("optimizer", "adam")),
-        }
-
     def model(self) -> nn.Module:
         """The parent rebuilt from its architecture and weights (train mode)."""
         model = build_architecture(self.architecture, dict(self.arch_kwargs))
@@ -76,63 +67,6 @@ class TaskTensors:
             return self.x_train, self.y_train
         idx = torch.randperm(len(self.y_train), generator=torch.Generator().manual_seed(seed))[:n]
         return self.x_train[idx], self.y_train[idx]
-
-
-def make_optimizer(
-    params: Iterable[torch.nn.Parameter] | Iterable[dict], name: str, lr: float, weight_decay: float
-) -> torch.optim.Optimizer:
-    name = name.lower()
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    raise VariantError(f"optimizer {name!r} is not one of 'adam', 'adamw', 'sgd'")
-
-
-def train(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    epochs: int,
-    batch_size: int,
-    optimizers: list[torch.optim.Optimizer],
-    seed: int,
-    extra_loss: Callable[[], torch.Tensor] | None = None,
-    after_step: Callable[[int, int], None] | None = None,
-) -> float:
-    """Cross-entropy training; returns the last epoch's mean loss.
-
-    ``extra_loss()`` is added to every step's loss (regularisers); ``after_step(step, total)`` runs
-    after each optimiser step (pruning schedules). Batches are shuffled with ``seed``.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    n = len(y)
-    steps_per_epoch = max(1, (n + batch_size - 1) // batch_size)
-    total = epochs * steps_per_epoch
-    step, mean_loss = 0, float("nan")
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=generator)
-        running = 0.0
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            if extra_loss is not None:
-                loss = loss + extra_loss()
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in optimizers:
-                opt.step()
-            step += 1
-            if after_step is not None:
-                after_step(step, total)
-            running += float(loss.detach())
-        mean_loss = running / steps_per_epoch
-    return mean_loss
 
 
 @dataclass(frozen=True)
