@@ -86,8 +86,14 @@ class Regime:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], **defaults: Any) -> Regime:
-        """A regime from a recipe's params (keys as the fields; others ignored), over ``defaults``."""
-        fields = {k: v for k, v in {**defaults, **params}.items() if k in cls.__dataclass_fields__}
+        """A regime from a recipe's params (keys as the fields) over ``defaults``; ``VariantError``
+        names any other key."""
+        unknown = sorted(set(params) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise VariantError(
+                f"unknown params {unknown} for a variant recipe; regime fields are {sorted(cls.__dataclass_fields__)}"
+            )
+        fields = {**defaults, **params}
         try:
             regime = cls(**fields)
         except TypeError as exc:

@@ -79,9 +79,6 @@ def nsl_recipe(
     unknown = [f for f in forms if f not in NSL_VARIANTS]
     if unknown:
         raise VariantError(f"NSL of {parent.model_id!r}: forms {unknown} are not among {NSL_VARIANTS}")
-    bad = set(regime) - set(Regime.__dataclass_fields__)
-    if bad:
-        raise VariantError(f"NSL of {parent.model_id!r}: unknown params {sorted(bad)}")
     reg = Regime.from_params(regime, **SCRATCH_REGIME)
     match = variant_id(parent.model_id, "nsl", "", seed)
     plain = {**dict(parent.arch_kwargs), "conv": "conv"}

@@ -96,9 +96,6 @@ def shape_adaptor_recipe(
     same regime (``SCRATCH_REGIME`` overridden by ``regime``)."""
     if parent.architecture != "cnn3":
         raise VariantError(f"shape adaptor of {parent.model_id!r}: expected cnn3, found {parent.architecture}")
-    unknown = set(regime) - set(Regime.__dataclass_fields__)
-    if unknown:
-        raise VariantError(f"shape adaptor of {parent.model_id!r}: unknown params {sorted(unknown)}")
     if alpha_every < 1 or alpha_lr <= 0:
         raise VariantError(f"shape adaptor of {parent.model_id!r}: needs alpha_every >= 1 and alpha_lr > 0")
     reg = Regime.from_params(regime, **SCRATCH_REGIME)

@@ -164,9 +164,6 @@ def str_recipe(
     ``regime`` fields (``lr``, ``epochs``, ``n_train``, ...) override ``STR_REGIME`` for both
     twins. The pair shares ``match_id`` (the STR model's id).
     """
-    unknown = set(regime) - set(Regime.__dataclass_fields__)
-    if unknown:
-        raise VariantError(f"STR of {parent.model_id!r}: unknown params {sorted(unknown)}")
     reg = Regime.from_params(regime, **STR_REGIME)
     records: list[ModelRecord] = []
     for st_decay in st_decays:
