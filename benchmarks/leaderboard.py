@@ -45,6 +45,7 @@ LABELS = {
     ("task_relations", "spearman_mean"): "relations ρ",
     ("variant_robustness", "rank1"): "variant rank-1",
     ("variant_robustness", "map"): "variant mAP",
+    ("few_shot", "flex_score"): "few-shot score",
     ("few_shot", "accuracy"): "few-shot acc",
     ("transfer", "kendall_tau"): "transfer τ",
     ("transfer", "regret"): "regret ↓",

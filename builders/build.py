@@ -35,6 +35,7 @@ from builders.engine import TaskTensors, TrainResult, TrainSpec, resolve_device,
 from builders.executors import get_executor
 from builders.tasks import static_relations, tasks_frame, tasks_from_config
 from builders.transfer import TransferConfig, protocol_text, transfer_affinity
+from builders.variants._card import card_text as variant_card_text
 from builders.variants._pool import RecipePool
 from builders.variants.flops import count_flops
 from modelset.architectures import build_architecture, canonical_kwargs
@@ -301,6 +302,7 @@ def build(
         if cfg.get("variants"):
             t0 = time.perf_counter()
             _variants(w, out, cfg, tasks, progress)
+            card["Variant families"] = variant_card_text(cfg["variants"])
             timings["variants_s"] = time.perf_counter() - t0
         fold_cfg = FoldConfig.from_dict(cfg.get("folds"))
         w.set_folds(make_folds(w.table, fold_cfg), fold_cfg)
@@ -402,7 +404,8 @@ def _variants(
     them is one read per tensor, not one per parent).
 
     Entry fields: ``recipe`` (a name of ``builders.variants``), ``parents`` (``per_task``: how many
-    base models per task, first by id; ``architecture``: default cnn3), ``seed``, ``params``
+    base models per task, first by id; ``tasks``: how many tasks, spread evenly over the task list
+    (every k-th), default all; ``architecture``: default cnn3), ``seed``, ``params``
     (passed to the recipe), ``key`` (default: the recipe name; written to the ``recipe`` column,
     and how a resumed build knows a (parent, entry) is done).
     """
@@ -427,7 +430,8 @@ def _variants(
             per_task = int(par.get("per_task", 1))
             arch = str(par.get("architecture", "cnn3"))
             base = table[(table["variant"] == "base") & (table["architecture"] == arch)].sort_index()
-            parents = [mid for t in tasks for mid in list(base[base["task"] == t.task_id].index)[:per_task]]
+            chosen = variant_registry.spread_tasks([t.task_id for t in tasks], par.get("tasks"))
+            parents = [mid for t in chosen for mid in list(base[base["task"] == t].index)[:per_task]]
             finished = set()
             if "recipe" in table.columns:
                 finished = set(table.loc[table["recipe"] == key, "parent_id"])

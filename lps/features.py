@@ -240,8 +240,8 @@ def _variant_statistics(space: WeightSpace) -> dict[str, torch.Tensor]:
                 ],
                 1,
             )
-        elif f"{name}.meta.0.weight" in extras:
-            keys = [f"{name}.meta.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")]
+        elif f"{name}.meta1.weight" in extras:
+            keys = [f"{name}.meta{i}.{p}" for i in (1, 2) for p in ("weight", "bias")]
             parts = [extras[k].reshape(space.batch_size, -1).float() for k in keys if k in extras]
             out[f"{name}.nsl_dynamic"] = torch.stack(
                 [torch.log(p.pow(2).mean(1).sqrt() + 1e-8) for p in parts] + [p.mean(1) for p in parts], 1
@@ -258,14 +258,15 @@ def _effective_layer(layer: Layer, extras: Mapping[str, torch.Tensor]) -> Layer:
     """The filter a plain convolution would use: ``W M`` for static NSL (``wᵀMx = (Mᵀw)ᵀx``)."""
     name = layer.name
     if layer.form == "nsl_full" and f"{name}.M" in extras:
+        # M acts on the kh·kw window positions, shared across input channels.
         batch, out, cin, kh, kw = layer.weight.shape
-        flat = layer.weight.reshape(batch, out, -1) @ extras[f"{name}.M"].to(layer.weight.dtype)
+        flat = layer.weight.reshape(batch, out * cin, kh * kw) @ extras[f"{name}.M"].to(layer.weight.dtype)
         return Layer(name, flat.reshape(batch, out, cin, kh, kw), layer.bias, "conv")
     if layer.form == "nsl_diag" and f"{name}.m" in extras:
         m = (
             extras[f"{name}.m"]
             .to(layer.weight.dtype)
-            .reshape(layer.weight.shape[0], 1, *layer.weight.shape[2:])
+            .reshape(layer.weight.shape[0], 1, 1, *layer.weight.shape[3:])
         )
         return Layer(name, layer.weight * m, layer.bias, "conv")
     return layer

@@ -226,7 +226,7 @@ def cnn3_layout(
     """``cnn3`` and its variants: ``conv1 .. conv{depth}`` then ``head``, a feed-forward chain.
 
     NSL layers keep their raw ``weight`` here (form ``nsl_*``); ``conv{i}.M`` / ``conv{i}.m`` /
-    ``conv{i}.meta.*`` and shape adaptors' ``sa{i}.alpha`` are extras.
+    ``conv{i}.meta1.*``/``meta2.*`` and shape adaptors' ``sa{i}.alpha`` are extras.
     """
     depth = len(kwargs.get("channels", (16, 16, 16)))
     form = str(kwargs.get("conv", "conv"))
@@ -244,8 +244,8 @@ def permute_hidden(space: WeightSpace, perms: list[torch.Tensor]) -> WeightSpace
     """Permute hidden units of a chained weight space; the networks compute the same function.
 
     ``perms[l]`` is ``(out_l,)`` (one permutation for the batch) or ``(B, out_l)`` (one per model)
-    for each layer but the last (whose outputs are the classes). NSL extras (``M``, ``m``, meta
-    networks over the next layer's input window) are permuted along with the input channels.
+    for each layer but the last (whose outputs are the classes). NSL extras that read the next
+    layer's input channels (dynamic forms' meta-networks) follow them; ``M`` is spatial.
     """
     if not space.chain:
         raise InvalidParametersError(f"{space.architecture}: hidden-unit permutation needs a chained layout")
@@ -278,25 +278,16 @@ def _take(t: torch.Tensor, perm: torch.Tensor, dim: int) -> torch.Tensor:
 def _permute_window_extras(
     extras: dict[str, torch.Tensor], layer: Layer, perm: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """NSL tensors of ``layer`` indexed by its input window ``(in, kh, kw)`` follow ``perm``."""
+    """NSL tensors of ``layer`` that read its input channels follow ``perm``.
+
+    NSL's ``M`` (``conv{i}.M``, ``conv{i}.m``) acts on the window's spatial positions and is shared
+    across input channels, so it is unchanged; a dynamic form's first meta-convolution reads the
+    input channels (dim 2 of ``(B, hidden, in, k, k)``); its second one outputs positions.
+    """
     if not layer.is_conv:
         return {}
-    _, _, cin, kh, kw = layer.weight.shape
-    # The window index of (channel c, position p) is c * kh * kw + p: permute channel blocks.
-    window = (perm.unsqueeze(-1) * kh * kw + torch.arange(kh * kw)).reshape(perm.shape[0], -1)
-    out = {}
-    name = layer.name
-    if f"{name}.M" in extras:
-        m = _take(extras[f"{name}.M"], window, 1)
-        out[f"{name}.M"] = _take(m, window, 2)
-    if f"{name}.m" in extras:
-        out[f"{name}.m"] = _take(extras[f"{name}.m"], window, 1)
-    if f"{name}.meta.0.weight" in extras:
-        out[f"{name}.meta.0.weight"] = _take(extras[f"{name}.meta.0.weight"], perm, 2)
-    for key in (f"{name}.meta.2.weight", f"{name}.meta.2.bias"):
-        if key in extras:
-            out[key] = _take(extras[key], window, 1)
-    return out
+    key = f"{layer.name}.meta1.weight"
+    return {key: _take(extras[key], perm, 2)} if key in extras else {}
 
 
 def to_state_dicts(space: WeightSpace) -> list[dict[str, torch.Tensor]]:

@@ -48,8 +48,7 @@ def _metric(results_dir: Path, method: str, track: str, metric: str) -> list[flo
 
 def test_oracle_reaches_the_maximum(controls: Path) -> None:
     for track, metric in [("task_classification", "accuracy"), ("task_classification", "auc"),
-                          ("retrieval", "map"), ("retrieval", "rank1"), ("retrieval", "rank5"),
-                          ("few_shot", "accuracy_task")]:
+                          ("retrieval", "map"), ("retrieval", "rank1"), ("retrieval", "rank5")]:
         assert _metric(controls, "oracle", track, metric) == [1.0] * len(FOLDS), (track, metric)
 
 
@@ -61,12 +60,12 @@ def test_random_lands_at_chance(controls: Path) -> None:
     mean_ap = np.mean(_metric(controls, "random", "retrieval", "map"))
     chance_map = np.mean(_metric(controls, "random", "retrieval", "chance_map"))
     assert abs(mean_ap - chance_map) < 0.12
-    few = np.mean(_metric(controls, "random", "few_shot", "accuracy"))
-    assert abs(few - np.mean(_metric(controls, "random", "few_shot", "chance_accuracy"))) < 0.05
 
 
 def test_missing_metadata_is_recorded_as_not_applicable(controls: Path) -> None:
-    for track in ("variant_robustness", "transfer", "task_relations"):
+    # Every synthetic task shares one label set and one domain and there are no variants, so no
+    # grouping cuts across another: flexible few-shot has no context to draw.
+    for track in ("variant_robustness", "transfer", "task_relations", "few_shot"):
         result = read_result(result_path(controls, "random", track, 0))
         assert result.status == "not_applicable"
         assert result.reason  # says why, e.g. "the set has no 'transfer_affinity' relation"
@@ -149,7 +148,8 @@ def test_a_method_defined_here_appears_on_the_leaderboard(syn: modelset.ModelSet
     # Controls are listed last, the contender first.
     assert csv[1].startswith("test_layer_norms")
     page = paths["html"].read_text()
-    assert "test_layer_norms" in page and page.count("src='data:image/png;base64,") >= 3
+    # Plots of the tracks that apply to the synthetic set (few-shot has no cross-cutting context there).
+    assert "test_layer_norms" in page and page.count("src='data:image/png;base64,") >= 2
     assert "http://" not in page and "https://" not in page  # self-contained: opens offline
 
 

@@ -61,7 +61,7 @@ def _tamper(path: Path, change) -> None:
 def test_tampered_folds_are_refused_by_name(with_folds: Path, change, message: str) -> None:
     _tamper(with_folds, change)
     with pytest.raises(SchemaError, match=message) as info:
-        modelset.open(with_folds).folds
+        _ = modelset.open(with_folds).folds
     assert FOLDS_FILE in str(info.value)
     with pytest.raises(ModelSetError, match=message):
         modelset.verify(with_folds)
@@ -70,7 +70,7 @@ def test_tampered_folds_are_refused_by_name(with_folds: Path, change, message: s
 def test_folds_that_are_not_json_or_too_deep_are_refused(with_folds: Path) -> None:
     (with_folds / FOLDS_FILE).write_text("[" * 100_000)
     with pytest.raises(SchemaError, match="not valid JSON"):
-        modelset.open(with_folds).folds
+        _ = modelset.open(with_folds).folds
 
 
 def test_fold_config_is_validated() -> None:

@@ -13,7 +13,7 @@ from modelset.tasks import Task, task_data
 pytestmark = pytest.mark.slow
 
 FAMILIES = {"str", "gmp", "channel_sim", "l1_filter", "shape_adaptor", "fixed_stride",
-            "nsl_full", "nsl_diag", "nsl_dynamic", "conv"}
+            "nsl_full", "nsl_diag", "nsl_dynamic_full", "nsl_dynamic_diag", "conv"}
 
 
 def test_mini_set_is_complete_and_verified(mini_set: modelset.ModelSet) -> None:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from builders.variants import Parent, TaskTensors, get_recipe, list_recipes
-from builders.variants._common import accuracy, sparsity_report
+from builders.variants._common import VariantError, accuracy, sparsity_report, spread_tasks, warmup_cosine
 from builders.variants._pool import RecipePool
 from builders.variants.channel_similarity import channel_distances, similarity_prune
 from builders.variants.flops import conv_flops, count_flops, count_sparse_flops
@@ -24,8 +24,8 @@ from modelset.errors import UnknownNameError
 
 N_CLASSES = 4
 SIZE = 12
-TINY = {"epochs": 1, "n_train": 96}
-TINY_FT = {"finetune_epochs": 1, "n_train": 96}
+TINY = {"epochs": 1, "n_train": 96, "batch_size": 32}
+TINY_FT = {"epochs": 1, "n_train": 96, "batch_size": 32}
 
 
 def _synthetic(seed: int = 0, n: int = 160) -> TaskTensors:
@@ -91,24 +91,47 @@ def test_gmp_schedule_and_mask() -> None:
     assert mask.tolist() == [False, True, False, True, False, True, False, True]
 
 
-def test_str_measured_zero_fraction_equals_reported(parent: Parent, data: TaskTensors) -> None:
-    records = get_recipe("str")(parent, data, seed=0, s_inits=[-2.0], **TINY)
-    str_rec, gmp_rec = records
-    assert [r.row["variant"] for r in records] == ["str", "gmp"]
-    sd = str_rec.checkpoints["final"]
+def test_str_sparsity_emerges_from_a_near_zero_threshold(parent: Parent, data: TaskTensors) -> None:
+    records = get_recipe("str")(parent, data, seed=0, st_decays=[0.0, 2.0], **{**TINY, "epochs": 4})
+    assert [r.row["variant"] for r in records] == ["str", "gmp", "str", "gmp"]
+    no_decay, decayed = records[0], records[2]
+    trace = json.loads(decayed.row["sparsity_trace"])
+    assert trace[0][0] == 0 and trace[-1][0] == 12  # 3 batches × 4 epochs
+    assert trace[0][1] < 0.05  # sInit = -6: the threshold starts near zero
+    assert trace[-1][1] > 0.3 and trace[-1][1] > trace[len(trace) // 2][1] > trace[0][1]  # it emerges
+    assert no_decay.row["sparsity"] < 0.1 < 0.3 < decayed.row["sparsity"]  # decay on s drives it
+    sd = decayed.checkpoints["final"]
     weights = [sd[k] for k in ("conv1.weight", "conv2.weight", "conv3.weight", "head.weight")]
     zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
-    assert zeros > 0.3  # sInit = -2 thresholds at 0.12: well above most initial weights
-    assert str_rec.row["sparsity"] == pytest.approx(zeros, abs=1e-12)
-    per_layer = json.loads(str_rec.row["layer_sparsity"])
+    assert decayed.row["sparsity"] == pytest.approx(zeros, abs=1e-12) == pytest.approx(trace[-1][1], abs=1e-4)
+    per_layer = json.loads(decayed.row["layer_sparsity"])
     assert per_layer["conv2"] == pytest.approx(float((sd["conv2.weight"] == 0).float().mean()))
-    # GMP twin: same sparsity up to per-layer rounding, uniform across layers, same match id.
+    # Both twins start from the parent ("init" checkpoint) and share the regime and match id.
+    str_rec, gmp_rec = records[2], records[3]
+    for rec in (str_rec, gmp_rec):
+        assert all(torch.equal(rec.checkpoints["init"][k], parent.state_dict[k]) for k in parent.state_dict)
+    same = ("optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs", "schedule", "n_train")
+    assert {k: str_rec.row[k] for k in same} == {k: gmp_rec.row[k] for k in same}
     assert gmp_rec.row["match_id"] == str_rec.model_id == str_rec.row["match_id"]
     assert gmp_rec.row["sparsity"] == pytest.approx(zeros, abs=0.02)
     gmp_layers = json.loads(gmp_rec.row["layer_sparsity"])
     assert max(gmp_layers.values()) - min(gmp_layers.values()) < 0.05
-    # Sparsity-aware FLOPs are smaller than dense FLOPs for a sparse network.
     assert str_rec.row["flops_sparse"] < str_rec.row["flops"]
+
+
+def test_str_decay_on_s_is_its_own_parameter_group(parent: Parent, data: TaskTensors) -> None:
+    """Without loss gradient (s far below the weights) only the decay moves s: with SGD momentum
+    0.9 at a constant rate, s shrinks geometrically, by ``st_decay`` and not the weights' decay."""
+    from builders.variants._common import Regime
+    from builders.variants.str import train_str
+
+    regime = Regime(lr=0.1, weight_decay=0.0, epochs=1, n_train=32, batch_size=32, warmup=0.0, nesterov=False)
+    rec = train_str(parent, data, 0, 0.5, regime, s_init=-40.0)
+    learned = json.loads(rec.row["learned_thresholds"])
+    # One step, cosine factor 1 at step 0: s = -40 · (1 - 0.1 · 0.5) = -38; sigmoid(-38) ≈ 3e-17.
+    assert all(t == pytest.approx(0.0, abs=1e-12) for t in learned)
+    with pytest.raises(VariantError, match="st_decay must be >= 0"):
+        train_str(parent, data, 0, -1.0, regime)
 
 
 # -- FLOPs and channel pruning --------------------------------------------------------------
@@ -144,6 +167,21 @@ def test_channel_similarity_pruned_network_has_reported_channels_and_flops(paren
     assert sim.row["flops"] == l1.row["flops"]  # matched FLOPs by construction
     clusters = json.loads(sim.row["clusters"])
     assert [sorted(i for g in layer for i in g) for layer in clusters] == [list(range(8))] * 3
+    assert sim.row["width_ratio"] == 0.5 and "project's own" in sim.row["similarity"]
+
+
+def test_clustering_returns_exactly_the_asked_number_of_groups() -> None:
+    from builders.variants.channel_similarity import cluster_channels
+
+    # Four identical channels and four distinct: the merge heights tie at 0, where fcluster's
+    # maxclust would stop short of some counts; cut_tree gives every count exactly.
+    gen = torch.Generator().manual_seed(0)
+    points = torch.cat([torch.zeros(4, 3), torch.randn(4, 3, generator=gen) * 5]).double()
+    distance = torch.cdist(points, points).numpy()
+    for n_keep in range(1, 9):
+        groups = cluster_channels(distance, distance.sum(1), n_keep)
+        assert len(groups) == n_keep
+        assert sorted(i for g in groups for i in g) == list(range(8))
 
 
 def test_identical_channels_pruned_to_one_per_cluster_leave_outputs_unchanged() -> None:
@@ -174,53 +212,117 @@ def test_identical_channels_pruned_to_one_per_cluster_leave_outputs_unchanged() 
 @pytest.mark.parametrize("alpha", [-3.0, -1.0, 0.0, 1.5, 4.0])
 def test_shape_adaptor_output_size_follows_sigma_alpha(alpha: float) -> None:
     sa = ShapeAdaptor(alpha)
-    out = sa(torch.randn(2, 3, 28, 28))
+    x = torch.randn(2, 3, 28, 28)
+    out = sa(x)
     scale = 0.5 + 0.5 * torch.sigmoid(torch.tensor(alpha)).item()
     assert sa.scale() == pytest.approx(scale)
-    assert out.shape == (2, 3, round(28 * scale), round(28 * scale))
+    assert out.shape == (2, 3, int(28 * scale), int(28 * scale))
 
 
-def test_shape_adaptor_alpha_gets_gradient_and_init_matches_strides() -> None:
+def test_shape_adaptor_mixes_max_pool_and_identity() -> None:
+    x = torch.randn(2, 3, 8, 8)
+    low = ShapeAdaptor(-30.0)  # σ(α) ≈ 0: the max-pooled branch, at half size
+    assert torch.allclose(low(x), F.max_pool2d(x, 2, 2), atol=1e-6)
+    high = ShapeAdaptor(30.0)  # σ(α) ≈ 1: the input itself
+    assert torch.allclose(high(x), x, atol=1e-6)
+
+
+def test_shape_adaptors_follow_conv_relu_blocks_and_start_by_the_authors_heuristic() -> None:
     sa = ShapeAdaptor(0.3)
     sa(torch.randn(2, 3, 16, 16)).square().mean().backward()
     assert sa.alpha.grad is not None and sa.alpha.grad.abs() > 0
-    model = build_architecture("cnn3", {"downsample": "shape_adaptor"})
-    scales = [a.scale() for a in model.shape_adaptors()]
-    assert math.prod(scales) == pytest.approx(1 / 4, rel=1e-5)  # strides (2, 2, 1)
-    assert shape_adaptor_alpha(1 / 4, 3) == pytest.approx(model.sa0.alpha.item(), abs=1e-6)
-    with pytest.raises(ValueError, match="not reachable"):
-        shape_adaptor_alpha(1 / 16, 3)
+    model = build_architecture("cnn3", {"downsample": "shape_adaptor", "strides": [2, 2, 2]})
+    adaptors = model.shape_adaptors()
+    assert len(adaptors) == 2 and not hasattr(model, "sa2")  # never after the last layer
+    assert math.prod(a.scale() for a in adaptors) == pytest.approx(0.5, rel=1e-3)  # 28 → 14
+    assert all(c.stride == (1, 1) for c in model.convs())
+    shapes = []
+    model.conv2.register_forward_hook(lambda _m, args, _o: shapes.append(args[0].shape[-1]))
+    model(torch.randn(1, 1, 28, 28))
+    assert shapes == [int(28 * adaptors[0].scale())]  # conv1 → ReLU → sa0 → conv2
+    # The heuristic: two adaptors resizing 28 → 7 are each at r1 = 0.5, the floor σ(α) = 1e-4.
+    assert 1 / (1 + math.exp(-shape_adaptor_alpha(28, 7, 2))) == pytest.approx(1e-4, rel=1e-3)
+    assert shape_adaptor_alpha(28, 14, 2) == pytest.approx(math.log(0.41431 / 0.58569), abs=1e-3)
+
+
+def test_alpha_moves_only_on_its_own_steps(parent: Parent, data: TaskTensors) -> None:
+    from builders.variants._common import Regime, fit
+    from builders.variants.shape_adaptor import alpha_stepper
+
+    regime = Regime(lr=0.05, epochs=1, n_train=96, batch_size=32)
+    model = build_architecture("cnn3", {**parent.arch_kwargs, "downsample": "shape_adaptor"})
+    history = []
+    extra = alpha_stepper(model, regime, 96, alpha_lr=0.5, alpha_every=2)
+    fit(model, data.x_train, data.y_train, regime, seed=0,
+        after_step=lambda step, total: history.append(float(model.sa0.alpha.detach())), **extra)
+    # Steps 0 and 2 update α (before the weights' step); step 1 leaves it where step 0 put it.
+    assert history[0] != float(build_architecture("cnn3", {**parent.arch_kwargs, "downsample": "shape_adaptor"}).sa0.alpha.detach())
+    assert history[1] == history[0] and history[2] != history[1]
 
 
 # -- NSL ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_static_nsl_with_identity_equals_convolution_exactly(stride: int) -> None:
+def test_nsl_at_identity_equals_convolution(stride: int) -> None:
     x = torch.randn(3, 4, 11, 11)
     for form in ("full", "diag"):
         layer = NSLConv2d(4, 6, 3, stride, 1, form=form)
+        assert torch.equal(layer(x), F.conv2d(x, layer.weight, layer.bias, stride, 1))
+    for form in ("dynamic_full", "dynamic_diag"):
+        layer = NSLConv2d(4, 6, 3, stride, 1, form=form)
+        with torch.no_grad():
+            layer.meta2.weight.zero_()  # g(x) = 0: M(x) = I exactly
         expected = F.conv2d(x, layer.weight, layer.bias, stride, 1)
-        assert torch.equal(layer(x), expected)
-        assert layer.identity_deviation().item() == 0.0
-    dynamic = NSLConv2d(4, 6, 3, stride, 1, form="dynamic")  # identity residual at init
-    expected = F.conv2d(x, dynamic.weight, dynamic.bias, stride, 1)
-    assert torch.allclose(dynamic(x), expected, atol=1e-5)
+        assert torch.allclose(layer(x), expected, atol=1e-5)
 
 
-def test_nsl_matrix_changes_the_similarity() -> None:
+def test_nsl_matrix_is_spatial_and_shared_across_channels() -> None:
     layer = NSLConv2d(2, 3, 3, 1, 1, form="full")
+    assert layer.M.shape == (9, 9)
+    assert NSLConv2d(16, 16, 3, 1, 1, form="diag").m.shape == (9,)
+    perm = torch.randperm(9, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        layer.M.mul_(2.0)  # M = 2I doubles the bilinear term
+        layer.M.copy_(torch.eye(9)[perm])  # M permutes the window positions of every channel alike
     x = torch.randn(1, 2, 5, 5)
-    expected = 2 * F.conv2d(x, layer.weight, None, 1, 1) + layer.bias.reshape(1, -1, 1, 1)
+    w = layer.weight.reshape(3, 2, 9)
+    expected_w = torch.zeros_like(w)
+    expected_w[:, :, perm] = w  # (Mᵀw)_s = Σ_r M[r, s] w_r = w_{r: perm[r] = s}
+    expected = F.conv2d(x, expected_w.reshape(3, 2, 3, 3), layer.bias, 1, 1)
     assert torch.allclose(layer(x), expected, atol=1e-6)
+
+
+def test_dynamic_full_nsl_applies_the_predicted_matrix_per_position() -> None:
+    torch.manual_seed(0)
+    layer = NSLConv2d(2, 3, 3, 1, 1, form="dynamic_full")
+    with torch.no_grad():
+        layer.meta2.weight.normal_(0, 0.1)
+    x = torch.randn(1, 2, 4, 4)
+    residual = layer.similarity_residual(x)  # (1, 9, 9, 16)
+    patches = F.unfold(x, 3, padding=1).reshape(1, 2, 9, 16)
+    w = layer.weight.reshape(3, 2, 9)
+    p = 5  # one output position, by hand: wᵀ (I + R_p) x_p per channel
+    m = torch.eye(9) + residual[0, :, :, p]
+    by_hand = torch.einsum("ocr,rs,cs->o", w, m, patches[0, :, :, p]) + layer.bias
+    assert torch.allclose(layer(x).reshape(3, 16)[:, p], by_hand, atol=1e-5)
+
+
+def test_nsl_regularisers_are_the_authors(parent: Parent) -> None:
+    from builders.variants._common import Regime
+    from builders.variants.nsl import nsl_groups
+
+    model = build_architecture("cnn3", {"conv": "nsl_full"})
+    groups = nsl_groups(model, Regime(), 5e-3)["groups"]
+    assert [g.get("weight_decay") for g in groups] == [None, 5e-3]  # M: L2 5e-3; the rest: the regime's
+    assert sum(p.numel() for p in groups[1]["params"]) == 3 * 81
+    model = build_architecture("cnn3", {"conv": "nsl_diag"})
+    assert [g.get("weight_decay") for g in nsl_groups(model, Regime(), 5e-3)["groups"]] == [None, 0.0]
 
 
 # -- every recipe: rebuildable, accuracy reproduced -----------------------------------------
 
 RECIPE_PARAMS = {
-    "str": {"s_inits": [-3.0], **TINY},
+    "str": {"st_decays": [1.0], **TINY},
     "gmp": {"sparsities": [0.8], **TINY},
     "channel_sim": {"keep_ratios": [0.5], **TINY_FT},
     "l1_filter": {"keep_ratios": [0.5], **TINY_FT},
@@ -244,7 +346,23 @@ def test_recipe_models_rebuild_and_reproduce_accuracy(name: str, parent: Parent,
         assert sparsity_report(rec.checkpoints["final"])[0] == rec.row["sparsity"]
     if name == "shape_adaptor":
         scales = json.loads(records[0].row["scales"])
-        assert len(scales) == 3 and all(0.5 <= s <= 1.0 for s in scales)
+        assert len(scales) == 2 and all(0.5 <= s <= 1.0 for s in scales)
+    if len(records) > 1:  # a method and its twin: one regime
+        same = ("optimizer", "lr", "weight_decay", "batch_size", "epochs", "schedule", "n_train")
+        assert len({tuple(str(r.row.get(k)) for k in same) for r in records}) == 1, name
+
+
+def test_regime_schedule_and_task_spread(parent: Parent, data: TaskTensors) -> None:
+    factors = [warmup_cosine(t, 20, 0.1) for t in range(20)]
+    assert factors[:2] == [0.5, 1.0] and factors[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 17 / 18)))
+    assert all(a >= b for a, b in zip(factors[1:], factors[2:]))  # cosine decreases after warm-up
+    tasks = [f"t{i:02d}" for i in range(50)]
+    assert spread_tasks(tasks, 25) == tasks[::2] and spread_tasks(tasks, None) == tasks
+    assert spread_tasks(tasks, 10) == tasks[::5] and len(spread_tasks(tasks, 13)) == 13
+    with pytest.raises(VariantError, match="parents.tasks must be at least 1"):
+        spread_tasks(tasks, 0)
+    with pytest.raises(VariantError, match="unknown params"):
+        get_recipe("nsl")(parent, data, 0, finetune_epochs=1)
 
 
 @pytest.mark.slow
@@ -299,9 +417,36 @@ def test_comparison_tables_values_and_files(tmp_path) -> None:
     written = write_tables(_fake_metadata(), tmp_path / "out")
     text = written["markdown"].read_text()
     assert "0.8050 ± 0.0058" in text and "+0.1050" in text
+    # Paired over the two parents (tasks here): Δ per parent is 0.105 twice, a zero-width interval.
+    assert str_row["n_parents"] == 2
+    assert str_row["delta_ci95_low"] == pytest.approx(0.105) == pytest.approx(str_row["delta_ci95_high"])
+    claims = pd.read_csv(written["claims"])
+    assert claims.loc[claims["comparison"] == "str_vs_gmp", "verdict"].tolist() == ["method better"]
     assert "no models of this family" in text  # channel pruning absent from this fake set
     assert written["plot"].stat().st_size > 1000
     assert (tmp_path / "out" / "shape_adaptor_scales.csv").read_text().startswith("adaptor,scale_mean")
+
+
+def test_card_lists_each_recipes_deviations() -> None:
+    from builders.variants._card import card_text, deviations
+
+    for recipe in ("str", "channel_sim", "shape_adaptor", "nsl"):
+        assert deviations(recipe).startswith("**Deviations"), recipe
+    text = card_text([{"recipe": "nsl", "parents": {"tasks": 3}, "params": {"epochs": 1}}])
+    assert "- `nsl` on parents {'tasks': 3}, params epochs=1. **Deviations" in text
+    assert "``" not in text and "\n\n- " in text
+
+
+def test_paired_stats_interval_and_wilcoxon() -> None:
+    from scipy import stats
+
+    from builders.variants.tables import paired_stats
+
+    deltas = [0.02, 0.05, -0.01, 0.04, 0.03, 0.06, 0.01, 0.02]
+    low, high, p = paired_stats(deltas)
+    assert low < sum(deltas) / len(deltas) < high and low > -0.01
+    assert p == pytest.approx(stats.wilcoxon(deltas).pvalue)
+    assert all(math.isnan(v) for v in paired_stats([0.1]))
 
 
 def _same_value(a: object, b: object) -> bool:

@@ -7,15 +7,17 @@ Each recipe takes a parent model, its task's tensors, a seed and params, and ret
 - ``gmp`` — gradual magnitude pruning (Zhu & Gupta 2017) alone, at a given sparsity;
 - ``channel_sim`` — channel-similarity pruning (Zhang et al. 2019), with L1 pruning at equal FLOPs;
 - ``l1_filter`` — L1-norm filter pruning (Li et al. 2017) alone, at given channel counts;
-- ``shape_adaptor`` — Shape Adaptor (Liu et al. 2020), with the fixed-stride network;
+- ``shape_adaptor`` — Shape Adaptor (Liu, Lin, Wang, Zhang, Perazzi, Johns 2020), with the fixed-stride network;
 - ``nsl`` — Neural Similarity Learning (Liu et al. 2019), static and dynamic, with plain conv.
+
+Each module's docstring gives the method's regime and every remaining deviation from its authors'.
 """
 
 from __future__ import annotations
 
 import importlib
 
-from builders.variants._common import Parent, TaskTensors
+from builders.variants._common import Parent, TaskTensors, spread_tasks
 from builders.variants._registry import Recipe, get_recipe, list_recipes, register_recipe
 
 # Each recipe module registers itself with @register_recipe; importing them here makes the
@@ -24,4 +26,4 @@ from builders.variants._registry import Recipe, get_recipe, list_recipes, regist
 for _module in ("str", "gmp", "channel_similarity", "l1_filter", "shape_adaptor", "nsl"):
     importlib.import_module(f"builders.variants.{_module}")
 
-__all__ = ["Parent", "Recipe", "TaskTensors", "get_recipe", "list_recipes", "register_recipe"]
+__all__ = ["Parent", "Recipe", "TaskTensors", "get_recipe", "list_recipes", "register_recipe", "spread_tasks"]

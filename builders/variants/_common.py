@@ -1,4 +1,5 @@
-"""Shared pieces of the variant recipes: inputs, a plain training loop, scoring and records.
+"""Shared pieces of the variant recipes: inputs, the training regime a method shares with its
+twin (``Regime``, ``fit``), scoring and records.
 
 Every recipe stores its model as ``(architecture, arch_kwargs, state_dict)`` and computes the
 recorded ``test_accuracy`` on a model *rebuilt* from exactly those, so ``ms.model(id)``
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,16 +41,6 @@ class Parent:
     state_dict: Mapping[str, torch.Tensor]
     row: Mapping[str, Any] = field(default_factory=dict)
 
-    def hparams(self) -> dict[str, Any]:
-        """The parent's optimiser settings, the starting point of every recipe's training."""
-        row = self.row
-        return {
-            "lr": float(row.get("lr", 1e-2)),
-            "weight_decay": float(row.get("weight_decay", 1e-4)),
-            "batch_size": int(row.get("batch_size", 64)),
-            "optimizer": str(row.get("optimizer", "adam")),
-        }
-
     def model(self) -> nn.Module:
         """The parent rebuilt from its architecture and weights (train mode)."""
         model = build_architecture(self.architecture, dict(self.arch_kwargs))
@@ -77,60 +69,109 @@ class TaskTensors:
         return self.x_train[idx], self.y_train[idx]
 
 
-def make_optimizer(
-    params: Iterable[torch.nn.Parameter] | Iterable[dict], name: str, lr: float, weight_decay: float
-) -> torch.optim.Optimizer:
-    name = name.lower()
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    raise VariantError(f"optimizer {name!r} is not one of 'adam', 'adamw', 'sgd'")
+@dataclass(frozen=True)
+class Regime:
+    """The training regime a method and its baseline twin share: SGD with momentum, a linear
+    warm-up over ``warmup`` of the steps, then a cosine decay to 0 (per step), as in the STR and
+    shape-adaptor authors' code. ``n_train`` images (all if None) for ``epochs`` epochs."""
+
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    epochs: int = 3
+    n_train: int | None = 1000
+    warmup: float = 0.1
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], **defaults: Any) -> Regime:
+        """A regime from a recipe's params (keys as the fields) over ``defaults``; ``VariantError``
+        names any other key."""
+        unknown = sorted(set(params) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise VariantError(
+                f"unknown params {unknown} for a variant recipe; regime fields are {sorted(cls.__dataclass_fields__)}"
+            )
+        fields = {**defaults, **params}
+        try:
+            regime = cls(**fields)
+        except TypeError as exc:
+            raise VariantError(f"variant training regime {fields}: {exc}") from exc
+        if regime.lr <= 0 or regime.epochs < 0 or regime.batch_size < 1 or not 0 <= regime.warmup < 1:
+            raise VariantError(
+                f"variant training regime {regime}: needs lr > 0, epochs >= 0, batch_size >= 1, 0 <= warmup < 1"
+            )
+        return regime
+
+    def steps(self, n: int) -> int:
+        """Optimiser steps of the regime on ``n`` examples."""
+        return self.epochs * max(1, (n + self.batch_size - 1) // self.batch_size)
+
+    def row(self) -> dict[str, Any]:
+        """The regime as table columns (the same for a method and its twin)."""
+        return {"optimizer": "sgd_nesterov" if self.nesterov else "sgd", "lr": self.lr,
+                "momentum": self.momentum, "weight_decay": self.weight_decay,
+                "batch_size": self.batch_size, "epochs": self.epochs, "schedule": "warmup_cosine",
+                "warmup": self.warmup}
 
 
-def train(
+def warmup_cosine(step: int, total: int, warmup: float) -> float:
+    """Learning-rate factor at ``step`` (0-based) of ``total``: linear warm-up, then cosine to 0."""
+    n_warm = int(round(warmup * total))
+    if step < n_warm:
+        return (step + 1) / n_warm
+    progress = (step - n_warm) / max(1, total - n_warm)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def fit(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
+    regime: Regime,
     *,
-    epochs: int,
-    batch_size: int,
-    optimizers: list[torch.optim.Optimizer],
     seed: int,
+    groups: list[dict[str, Any]] | None = None,
     extra_loss: Callable[[], torch.Tensor] | None = None,
+    before_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     after_step: Callable[[int, int], None] | None = None,
 ) -> float:
-    """Cross-entropy training; returns the last epoch's mean loss.
+    """Train ``model`` on ``x`` ``(n, C, H, W)``, ``y`` ``(n,)`` in ``regime``; last epoch's mean loss.
 
-    ``extra_loss()`` is added to every step's loss (regularisers); ``after_step(step, total)`` runs
-    after each optimiser step (pruning schedules). Batches are shuffled with ``seed``.
+    ``groups`` are SGD parameter groups (e.g. a different weight decay for some parameters;
+    default: every parameter with the regime's decay); their learning rates follow the regime's
+    schedule. ``before_step(step, xb, yb)`` runs before each weight step (a side update such as
+    the shape adaptors' α step); ``after_step(step, total)`` after it (pruning schedules).
     """
+    groups = groups if groups is not None else [{"params": list(model.parameters())}]
+    opt = torch.optim.SGD(groups, lr=regime.lr, momentum=regime.momentum, nesterov=regime.nesterov,
+                          weight_decay=regime.weight_decay)
+    total = regime.steps(len(y))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: warmup_cosine(t, total, regime.warmup))
     generator = torch.Generator().manual_seed(seed)
-    n = len(y)
-    steps_per_epoch = max(1, (n + batch_size - 1) // batch_size)
-    total = epochs * steps_per_epoch
     step, mean_loss = 0, float("nan")
     model.train()
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=generator)
-        running = 0.0
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
+    for _ in range(regime.epochs):
+        order = torch.randperm(len(y), generator=generator)
+        running, batches = 0.0, 0
+        for start in range(0, len(y), regime.batch_size):
+            idx = order[start : start + regime.batch_size]
+            if before_step is not None:
+                before_step(step, x[idx], y[idx])
             loss = F.cross_entropy(model(x[idx]), y[idx])
             if extra_loss is not None:
                 loss = loss + extra_loss()
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)
             loss.backward()
-            for opt in optimizers:
-                opt.step()
+            opt.step()
+            sched.step()
             step += 1
             if after_step is not None:
                 after_step(step, total)
             running += float(loss.detach())
-        mean_loss = running / steps_per_epoch
+            batches += 1
+        mean_loss = running / max(1, batches)
     return mean_loss
 
 
@@ -218,3 +259,51 @@ def variant_id(parent_id: str, variant: str, tag: str, seed: int) -> str:
     """Stable id: ``{parent}-{variant}[-{tag}]-s{seed}`` (tag holds the level, e.g. ``k0.5``)."""
     tag = f"-{tag}" if tag else ""
     return f"{parent_id}-{variant}{tag}-s{seed}"
+
+
+#: How often a diverged from-scratch run is retrained at half the learning rate before giving up.
+MAX_LR_HALVINGS = 3
+
+
+def train_scratch(
+    parent: Parent,
+    data: TaskTensors,
+    seed: int,
+    arch_kwargs: dict[str, Any],
+    regime: Regime,
+    *,
+    setup: Callable[[nn.Module, Regime], dict[str, Any]] | None = None,
+) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, Any]]:
+    """Train the parent's architecture with ``arch_kwargs`` from scratch in ``regime``.
+
+    ``setup(model, regime)`` returns extra ``fit`` arguments (``groups``, ``before_step``, ...)
+    for the freshly built model. A run whose loss or weights are not finite is retrained from the
+    same start with the learning rate halved (at most ``MAX_LR_HALVINGS`` times; recorded in
+    ``lr_halvings``). Returns the trained model, its initial weights and the regime's row.
+    """
+    x, y = data.train_subset(regime.n_train, seed)
+    for halvings in range(MAX_LR_HALVINGS + 1):
+        torch.manual_seed(seed)
+        model = build_architecture(parent.architecture, arch_kwargs)
+        init = {k: v.clone() for k, v in model.state_dict().items()}
+        extra = setup(model, regime) if setup is not None else {}
+        loss = fit(model, x, y, regime, seed=seed, **extra)
+        if math.isfinite(loss) and all(bool(torch.isfinite(v).all()) for v in model.state_dict().values()):
+            break
+        if halvings == MAX_LR_HALVINGS:
+            raise VariantError(
+                f"{parent.model_id!r} with {arch_kwargs}: training diverged even at learning rate {regime.lr:g}"
+            )
+        log.warning("%s %s diverged at lr %g; retraining at half the rate", parent.model_id, arch_kwargs, regime.lr)
+        regime = Regime(**{**regime.__dict__, "lr": regime.lr / 2})
+    return model, init, {"n_train": len(y), "start": "scratch", "lr_halvings": halvings, **regime.row()}
+
+
+def spread_tasks(task_ids: list[str], n: int | None) -> list[str]:
+    """``n`` of ``task_ids`` spread evenly over the list (every k-th, k = len / n; all if ``n`` is
+    None or at least the length), in their order: the tasks whose models get a config's variants."""
+    if n is None or n >= len(task_ids):
+        return list(task_ids)
+    if n < 1:
+        raise VariantError(f"variants: parents.tasks must be at least 1, got {n}")
+    return [task_ids[(i * len(task_ids)) // n] for i in range(n)]

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from builders.variants._common import Parent, TaskTensors, VariantError, make_optimizer, train
+from builders.variants._common import Parent, Regime, TaskTensors, VariantError, fit
 from modelset.architectures import build_architecture
 
 
@@ -56,27 +56,23 @@ def narrow_kwargs(parent: Parent, channels: list[int]) -> dict[str, Any]:
     return kwargs
 
 
+#: Fine-tuning regime of both pruned twins unless the config overrides a field.
+FINETUNE_REGIME = {"lr": 0.01, "weight_decay": 5e-4, "epochs": 2, "n_train": 1000, "batch_size": 64, "warmup": 0.1}
+
+
 def finetune(
     parent: Parent,
     data: TaskTensors,
     seed: int,
     arch_kwargs: dict[str, Any],
     state_dict: Mapping[str, torch.Tensor],
-    *,
-    epochs: int,
-    n_train: int | None,
-    lr: float | None,
+    regime: Regime,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Short fine-tune of a narrowed network with the parent's optimiser; returns weights, row."""
-    hp = parent.hparams()
-    lr = hp["lr"] if lr is None else lr
+    """Fine-tune a narrowed network in ``regime`` (none when ``epochs == 0``); weights and row."""
     torch.manual_seed(seed)
     model = build_architecture(parent.architecture, arch_kwargs)
     model.load_state_dict(dict(state_dict), strict=True)
-    x, y = data.train_subset(n_train, seed)
-    if epochs > 0:
-        opt = make_optimizer(model.parameters(), hp["optimizer"], lr, hp["weight_decay"])
-        train(model, x, y, epochs=epochs, batch_size=hp["batch_size"], optimizers=[opt], seed=seed)
-    row = {"finetune_epochs": epochs, "n_train": len(y), "lr": lr, "optimizer": hp["optimizer"],
-           "weight_decay": hp["weight_decay"], "batch_size": hp["batch_size"]}
-    return model.state_dict(), row
+    x, y = data.train_subset(regime.n_train, seed)
+    if regime.epochs > 0:
+        fit(model, x, y, regime, seed=seed)
+    return model.state_dict(), {"n_train": len(y), "start": "parent", **regime.row()}

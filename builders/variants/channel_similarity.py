@@ -1,9 +1,12 @@
 """Channel-similarity pruning (Zhang, Zhao, Ni, Zhang, Deng 2019, arXiv 1908.02620).
 
 Channels whose outputs are (nearly) the same carry redundant information: keep one per group and
-let the next layer read it in place of the whole group.
+let the next layer read it in place of the whole group. The paper's idea (channels of similar
+outputs under a probabilistic model of the inputs, grouped by hierarchical clustering, applied to
+a trained model) is followed; **the similarity measure is the project's own derivation**, the
+*output-moment distance* below, not the paper's equation, whose text the project could not check.
 
-**The similarity.** Treat the kernel window ``x ∈ R^D`` (``D = in·k·k``) that a layer sees as a
+**The project's output-moment distance.** Treat the kernel window ``x ∈ R^D`` (``D = in·k·k``) that a layer sees as a
 random vector with mean ``m`` and covariance ``Σ`` (estimated from the layer's actual inputs on
 ``n_stats`` training images, over all positions). Channel ``i`` outputs the random variable
 ``y_i = w_iᵀx + b_i``, whose first two moments are
@@ -19,15 +22,21 @@ We use the scale-free distance ``d_ij = E[(y_i - y_j)²] / (E[y_i²] + E[y_j²])
 in the support of the model, ``d_ij = 1`` for uncorrelated zero-mean outputs of equal power,
 ``d_ij = 2`` for opposite ones. With whitened inputs (``Σ = I``, ``m = 0``) it reduces to a
 normalised Euclidean distance between filters (plus biases); the input statistics make directions
-the data never excites irrelevant, as in the paper's probabilistic treatment of channel outputs.
+the data never excites irrelevant.
 
 **Pruning.** Per layer (in order, each on the already-narrowed network), average-linkage
 hierarchical clustering (``scipy.cluster.hierarchy``) of the channels under ``d`` is cut into
-``round(keep_ratio · width)`` clusters; each cluster keeps its highest-power channel
+exactly ``round(keep_ratio · width)`` clusters (``cut_tree``; ``fcluster``'s ``maxclust`` may return
+fewer when merge heights tie); each cluster keeps its highest-power channel
 (largest ``E[y²]``), and the next layer's input weights of the cluster are summed onto it so the
 next layer receives the representative in place of every member (exact when members are equal).
-A short fine-tune follows. The result is a physically narrower ``cnn3``. Baseline: L1-norm filter
-pruning to the same channel counts, hence the same FLOPs.
+A short fine-tune follows (``_pruning.finetune``: SGD with momentum, warm-up and cosine schedule,
+the same for both twins). The result is a physically narrower ``cnn3``. Baseline: L1-norm filter
+pruning to the same channel counts, hence the same FLOPs, fine-tuned in the same regime.
+
+**Deviations from the paper:** the similarity is the project's own output-moment distance, not
+the paper's metric; one keep ratio for every layer; a fine-tune of two epochs on the task's images
+(SGD, warm-up and cosine) in place of the paper's longer fine-tuning.
 """
 
 from __future__ import annotations
@@ -40,11 +49,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.cluster.hierarchy import cut_tree, linkage
 from scipy.spatial.distance import squareform
 
-from builders.variants._common import Parent, TaskTensors, VariantError, finish_model, variant_id
-from builders.variants._pruning import check_prunable, finetune, merge_layer, narrow_kwargs
+from builders.variants._common import Parent, Regime, TaskTensors, VariantError, finish_model, variant_id
+from builders.variants._pruning import FINETUNE_REGIME, check_prunable, finetune, merge_layer, narrow_kwargs
 from builders.variants._registry import register_recipe
 from builders.variants.l1_filter import l1_prune
 from modelset.architectures import build_architecture
@@ -98,7 +107,8 @@ def cluster_channels(distance: np.ndarray, power: np.ndarray, n_keep: int) -> li
     n = len(distance)
     if n_keep >= n:
         return [[i] for i in range(n)]
-    labels = fcluster(linkage(squareform(distance, checks=False), method="average"), n_keep, "maxclust")
+    tree = linkage(squareform(distance, checks=False), method="average")
+    labels = cut_tree(tree, n_clusters=n_keep).ravel()
     groups = []
     for label in np.unique(labels):
         members = [int(i) for i in np.flatnonzero(labels == label)]
@@ -154,9 +164,7 @@ def channel_sim_prune(
     keep_ratio: float,
     *,
     n_stats: int = 256,
-    finetune_epochs: int = 1,
-    n_train: int | None = 2000,
-    lr: float | None = None,
+    regime: Regime,
 ) -> ModelRecord:
     """Prune every layer of the parent to ``round(keep_ratio · width)`` clusters, then fine-tune."""
     widths = check_prunable(parent)
@@ -168,9 +176,11 @@ def channel_sim_prune(
         parent.architecture, parent.arch_kwargs, parent.state_dict, x_stats, n_keep
     )
     kwargs = narrow_kwargs(parent, channels)
-    sd, row = finetune(parent, data, seed, kwargs, sd, epochs=finetune_epochs, n_train=n_train, lr=lr)
+    sd, row = finetune(parent, data, seed, kwargs, sd, regime)
     row.update(
         family="channel_sim_vs_l1",
+        similarity="output_moment_distance (project's own)",
+        width_ratio=sum(channels) / sum(widths),
         keep_ratio=float(keep_ratio),
         channels=json.dumps(channels),
         n_stats=int(len(x_stats)),
@@ -198,12 +208,14 @@ def channel_sim_recipe(
     keep_ratios: list[float] = (0.75, 0.5),
     baseline: bool = True,
     n_stats: int = 256,
-    **budget: Any,
+    **regime: Any,
 ) -> list[ModelRecord]:
-    """Channel-similarity models per keep ratio, each with an L1-pruned twin of equal FLOPs."""
+    """Channel-similarity models per keep ratio, each with an L1-pruned twin of equal FLOPs, both
+    fine-tuned in ``FINETUNE_REGIME`` overridden by ``regime``."""
+    reg = Regime.from_params(regime, **FINETUNE_REGIME)
     records = []
     for ratio in keep_ratios:
-        rec = channel_sim_prune(parent, data, seed, float(ratio), n_stats=n_stats, **budget)
+        rec = channel_sim_prune(parent, data, seed, float(ratio), n_stats=n_stats, regime=reg)
         rec.row["match_id"] = rec.model_id
         records.append(rec)
         if baseline:
@@ -212,8 +224,8 @@ def channel_sim_recipe(
                 l1_prune(
                     parent, data, seed, channels, tag=f"k{float(ratio):g}",
                     extra_row={"match_id": rec.model_id, "level": rec.row["level"],
-                               "keep_ratio": float(ratio)},
-                    **budget,
+                               "keep_ratio": float(ratio), "width_ratio": rec.row["width_ratio"]},
+                    regime=reg,
                 )
             )
     return records

@@ -1,6 +1,7 @@
 """Gradual magnitude pruning (Zhu & Gupta 2017, "To prune, or not to prune"), STR's baseline.
 
-Trained from scratch. Between steps ``t0`` and ``t0 + n·Δt`` the sparsity of every prunable layer
+Trained in a ``Regime`` (SGD with momentum, warm-up and cosine schedule), from scratch or — as
+STR's twin — from the parent's weights, with the same steps as STR. Between steps ``t0`` and ``t0 + n·Δt`` the sparsity of every prunable layer
 (each convolution and the linear head; biases stay dense) follows the cubic schedule
 
     s_t = s_f + (s_i - s_f) · (1 - (t - t0) / (n·Δt))³,   s_i = 0,
@@ -9,6 +10,7 @@ and every ``Δt`` steps the smallest-magnitude weights of each layer are masked 
 Masked weights are held at zero after every optimiser step, so the stored (final) weights are
 exactly sparse. Every layer gets the same sparsity, so the overall sparsity equals ``s_f`` up to
 rounding — this uniform budget is what STR's learned, non-uniform budget is compared against.
+The schedule spans 20 %–80 % of the steps, as the STR authors' GMP config (epochs 20–79 of 100).
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from torch import nn
 
 from builders.variants._common import (
     Parent,
+    Regime,
     TaskTensors,
     VariantError,
     finish_model,
-    make_optimizer,
-    train,
+    fit,
     variant_id,
 )
 from builders.variants._registry import register_recipe
@@ -61,32 +63,24 @@ def train_gmp(
     data: TaskTensors,
     seed: int,
     final_sparsity: float,
+    regime: Regime,
     *,
-    epochs: int = 3,
-    n_train: int | None = 2000,
-    lr: float | None = None,
-    weight_decay: float | None = None,
-    optimizer: str | None = None,
+    from_parent: bool = False,
     prune_every: int | None = None,
     extra_row: dict[str, Any] | None = None,
     tag: str = "",
 ) -> ModelRecord:
-    """Train a fresh copy of the parent's architecture with GMP to ``final_sparsity``."""
-    if not 0.0 <= final_sparsity < 1.0:
-        raise VariantError(f"GMP of {parent.model_id!r}: sparsity must be in [0, 1), got {final_sparsity}")
-    hp = parent.hparams()
-    lr = hp["lr"] if lr is None else lr
-    weight_decay = hp["weight_decay"] if weight_decay is None else weight_decay
-    optimizer = optimizer or hp["optimizer"]
+    """Train the parent's architecture (from its weights if ``from_parent``) with GMP to
+    ``final_sparsity`` in ``regime``; one record."""
+    if not 0.0 <= final_sparsity <= 1.0:
+        raise VariantError(f"GMP of {parent.model_id!r}: sparsity must be in [0, 1], got {final_sparsity}")
     torch.manual_seed(seed)
-    model = build_architecture(parent.architecture, dict(parent.arch_kwargs))
+    model = parent.model() if from_parent else build_architecture(parent.architecture, dict(parent.arch_kwargs))
     init = {k: v.clone() for k, v in model.state_dict().items()}
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     masks = [torch.ones_like(m.weight, dtype=torch.bool) for m in layers]
-    x, y = data.train_subset(n_train, seed)
-    batch_size = hp["batch_size"]
-    steps = epochs * max(1, (len(y) + batch_size - 1) // batch_size)
-    every = prune_every or max(1, steps // 40)
+    x, y = data.train_subset(regime.n_train, seed)
+    every = prune_every or max(1, regime.steps(len(y)) // 40)
 
     @torch.no_grad()
     def after_step(step: int, total: int) -> None:
@@ -97,17 +91,13 @@ def train_gmp(
         for layer, mask in zip(layers, masks):
             layer.weight.mul_(mask)
 
-    opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay)
-    train(model, x, y, epochs=epochs, batch_size=batch_size, optimizers=[opt], seed=seed, after_step=after_step)
+    fit(model, x, y, regime, seed=seed, after_step=after_step)
     row = {
-        "family": "str_vs_gmp",
+        "family": "gmp",
         "target_sparsity": float(final_sparsity),
-        "epochs": epochs,
         "n_train": len(y),
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "optimizer": optimizer,
-        "batch_size": batch_size,
+        "start": "parent" if from_parent else "scratch",
+        **regime.row(),
     }
     row.update(extra_row or {})
     return finish_model(
@@ -130,7 +120,11 @@ def gmp_recipe(
     data: TaskTensors,
     seed: int,
     sparsities: list[float] = (0.5, 0.8, 0.9, 0.95),
-    **budget: Any,
+    from_parent: bool = False,
+    **regime: Any,
 ) -> list[ModelRecord]:
-    """GMP models of the parent's architecture, one per target sparsity, trained from scratch."""
-    return [train_gmp(parent, data, seed, float(s), **budget) for s in sparsities]
+    """GMP models of the parent's architecture, one per target sparsity (``regime`` as STR's)."""
+    from builders.variants.str import STR_REGIME
+
+    reg = Regime.from_params(regime, **STR_REGIME)
+    return [train_gmp(parent, data, seed, float(s), reg, from_parent=from_parent) for s in sparsities]

@@ -3,7 +3,8 @@ baseline.
 
 For each convolution the filters with the smallest ``Σ|W|`` are removed, with the matching input
 channels of the next layer (no compensation); norms are computed on the parent's weights for all
-layers at once (the paper's "independent" strategy). A short fine-tune follows. Given the channel
+layers at once (the paper's "independent" strategy). A short fine-tune follows (the same
+regime as channel-similarity pruning). Given the channel
 counts chosen by channel-similarity pruning, the two networks have identical shapes and so
 exactly the same FLOPs.
 """
@@ -16,8 +17,8 @@ from typing import Any
 
 import torch
 
-from builders.variants._common import Parent, TaskTensors, VariantError, finish_model, variant_id
-from builders.variants._pruning import check_prunable, finetune, merge_layer, narrow_kwargs
+from builders.variants._common import Parent, Regime, TaskTensors, VariantError, finish_model, variant_id
+from builders.variants._pruning import FINETUNE_REGIME, check_prunable, finetune, merge_layer, narrow_kwargs
 from builders.variants._registry import register_recipe
 from modelset.writer import ModelRecord
 
@@ -35,9 +36,7 @@ def l1_prune(
     seed: int,
     channels: list[int],
     *,
-    finetune_epochs: int = 1,
-    n_train: int | None = 2000,
-    lr: float | None = None,
+    regime: Regime,
     extra_row: dict[str, Any] | None = None,
     tag: str = "",
 ) -> ModelRecord:
@@ -53,7 +52,7 @@ def l1_prune(
     for layer, keep in enumerate(keeps):
         sd = merge_layer(sd, layer, len(widths), [[i] for i in keep])
     kwargs = narrow_kwargs(parent, channels)
-    sd, row = finetune(parent, data, seed, kwargs, sd, epochs=finetune_epochs, n_train=n_train, lr=lr)
+    sd, row = finetune(parent, data, seed, kwargs, sd, regime)
     row.update(family="channel_sim_vs_l1", channels=json.dumps(list(channels)))
     row.update(extra_row or {})
     return finish_model(
@@ -75,12 +74,13 @@ def l1_filter_recipe(
     data: TaskTensors,
     seed: int,
     keep_ratios: list[float] = (0.75, 0.5),
-    **budget: Any,
+    **regime: Any,
 ) -> list[ModelRecord]:
     """L1-pruned models keeping ``round(r · width)`` filters per layer for each ratio ``r``."""
     widths = check_prunable(parent)
+    reg = Regime.from_params(regime, **FINETUNE_REGIME)
     return [
         l1_prune(parent, data, seed, [max(1, round(r * w)) for w in widths], tag=f"k{r:g}",
-                 extra_row={"keep_ratio": float(r)}, **budget)
+                 extra_row={"keep_ratio": float(r)}, regime=reg)
         for r in keep_ratios
     ]

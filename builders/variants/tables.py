@@ -7,11 +7,16 @@ Four comparisons, each a method against the baseline its paper beats:
 - ``channel_sim_vs_l1``: channel-similarity vs L1-norm filter pruning at identical channel counts,
   hence identical FLOPs (grouped by keep ratio);
 - ``shape_adaptor_vs_fixed_stride``: learned resizing vs the human-designed strides;
-- ``nsl_vs_conv``: static full/diagonal and dynamic NSL vs the plain convolution network.
+- ``nsl_vs_conv``: static full/diagonal and dynamic (full, diagonal) NSL vs the plain
+  convolution network.
 
-For each (comparison, level, variant): number of models and tasks, accuracy mean ± std over
-tasks and seeds, mean sparsity, FLOPs (dense and sparsity-aware) and parameters, and the mean
-paired accuracy difference to the baseline twin (same parent, seed and level, via ``match_id``).
+For each (comparison, level, variant): number of models, parents and tasks, accuracy mean ± std,
+mean sparsity, FLOPs (dense and sparsity-aware) and parameters — of the method and, on the
+baseline's row, of its twin — and the paired accuracy difference to the baseline twin (same parent,
+seed and level, via ``match_id``): its mean over parents (a parent's seeds averaged first), a 95 %
+bootstrap interval over parents (``scipy.stats.bootstrap``, BCa, 9,999 resamples, fixed seed) and
+the two-sided p-value of a Wilcoxon signed-rank test on the per-parent differences
+(``scipy.stats.wilcoxon``). ``claims_table`` sets each paper's claim beside the measurement.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +36,51 @@ COMPARISONS: dict[str, tuple[tuple[str, ...], str]] = {
     "str_vs_gmp": (("str",), "gmp"),
     "channel_sim_vs_l1": (("channel_sim",), "l1_filter"),
     "shape_adaptor_vs_fixed_stride": (("shape_adaptor",), "fixed_stride"),
-    "nsl_vs_conv": (("nsl_full", "nsl_diag", "nsl_dynamic"), "conv"),
+    "nsl_vs_conv": (("nsl_full", "nsl_diag", "nsl_dynamic_full", "nsl_dynamic_diag"), "conv"),
 }
 
+#: comparison -> (the paper's qualitative claim, the method variants the claim is about)
+CLAIMS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "str_vs_gmp": ("STR ≥ GMP at the same sparsity, especially at high sparsity "
+                   "(Kusupati et al. 2020)", ("str",)),
+    "channel_sim_vs_l1": ("channel similarity ≥ L1-norm filter pruning at equal FLOPs "
+                          "(Zhang et al. 2019)", ("channel_sim",)),
+    "shape_adaptor_vs_fixed_stride": ("shape adaptor ≥ fixed, human-designed down-sampling "
+                                      "(Liu et al. 2020)", ("shape_adaptor",)),
+    "nsl_vs_conv": ("dynamic NSL ≥ convolution (Liu et al. 2019)", ("nsl_dynamic_full", "nsl_dynamic_diag")),
+}
+
+#: Bootstrap resamples and seed of the intervals (fixed: tables are a pure function of the set).
+N_RESAMPLES = 9_999
+BOOTSTRAP_SEED = 0
+
 SUMMARY_COLUMNS = [
-    "comparison", "level", "variant", "n_models", "n_tasks", "accuracy_mean", "accuracy_std",
-    "delta_vs_baseline_mean", "delta_vs_baseline_std", "sparsity_mean", "flops_mean",
-    "flops_sparse_mean", "n_params_mean",
+    "comparison", "level", "variant", "n_models", "n_parents", "n_tasks", "accuracy_mean",
+    "accuracy_std", "delta_vs_baseline_mean", "delta_vs_baseline_std", "delta_ci95_low",
+    "delta_ci95_high", "wilcoxon_p", "sparsity_mean", "flops_mean", "flops_sparse_mean",
+    "n_params_mean",
 ]
+
+
+def paired_stats(deltas: np.ndarray) -> tuple[float, float, float]:
+    """95 % bootstrap interval (BCa) of the mean of per-parent differences ``(n,)`` and the
+    Wilcoxon signed-rank p-value; NaN where undefined (fewer than 2 parents, all equal)."""
+    deltas = np.asarray(deltas, dtype=float)
+    deltas = deltas[np.isfinite(deltas)]
+    if len(deltas) < 2:
+        return np.nan, np.nan, np.nan
+    if np.ptp(deltas) == 0:
+        low = high = float(deltas[0])
+    else:
+        res = stats.bootstrap((deltas,), np.mean, confidence_level=0.95, n_resamples=N_RESAMPLES,
+                              method="BCa", random_state=np.random.default_rng(BOOTSTRAP_SEED))
+        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        if not (np.isfinite(low) and np.isfinite(high)):  # BCa degenerate on tiny samples
+            res = stats.bootstrap((deltas,), np.mean, confidence_level=0.95, n_resamples=N_RESAMPLES,
+                                  method="percentile", random_state=np.random.default_rng(BOOTSTRAP_SEED))
+            low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    p = float(stats.wilcoxon(deltas).pvalue) if np.any(deltas != 0) else np.nan
+    return low, high, p
 
 
 def _col(df: pd.DataFrame, name: str) -> pd.Series:
@@ -57,19 +100,26 @@ def comparison_table(metadata: pd.DataFrame, comparison: str) -> pd.DataFrame:
     rows["delta"] = rows["test_accuracy"] - rows["match_id"].map(base_acc)
     out = []
     order = {v: i for i, v in enumerate((*methods, baseline))}
+    parent_col = "parent_id" if "parent_id" in rows.columns else "task"
     for (level, variant), group in rows.groupby(["level", "variant"], sort=True):
         acc = group["test_accuracy"].astype(float)
         delta = group["delta"].astype(float) if variant != baseline else pd.Series(dtype=float)
+        per_parent = delta.groupby(group[parent_col]).mean().to_numpy() if len(delta) else np.array([])
+        low, high, p = paired_stats(per_parent)
         out.append({
             "comparison": comparison,
             "level": level,
             "variant": variant,
             "n_models": len(group),
+            "n_parents": group[parent_col].nunique(),
             "n_tasks": group["task"].nunique(),
             "accuracy_mean": acc.mean(),
             "accuracy_std": acc.std(ddof=1) if len(acc) > 1 else 0.0,
             "delta_vs_baseline_mean": delta.mean() if delta.notna().any() else np.nan,
             "delta_vs_baseline_std": delta.std(ddof=1) if delta.notna().sum() > 1 else np.nan,
+            "delta_ci95_low": low,
+            "delta_ci95_high": high,
+            "wilcoxon_p": p,
             "sparsity_mean": _col(group, "sparsity").astype(float).mean(),
             "flops_mean": _col(group, "flops").astype(float).mean(),
             "flops_sparse_mean": _col(group, "flops_sparse").astype(float).mean(),
@@ -78,6 +128,28 @@ def comparison_table(metadata: pd.DataFrame, comparison: str) -> pd.DataFrame:
         })
     table = pd.DataFrame(out).sort_values(["level", "_order"]).drop(columns="_order")
     return table.reset_index(drop=True)[SUMMARY_COLUMNS]
+
+
+def claims_table(metadata: pd.DataFrame) -> pd.DataFrame:
+    """Each paper's claim beside the paired measurement, one row per (comparison, level, method).
+
+    ``verdict``: ``"method better"`` when the 95 % interval of the paired difference lies above 0,
+    ``"baseline better"`` when below, ``"no difference detected"`` when it spans 0.
+    """
+    out = []
+    for comparison, (claim, methods) in CLAIMS.items():
+        table = comparison_table(metadata, comparison)
+        for row in table[table["variant"].isin(methods)].itertuples(index=False):
+            low, high = row.delta_ci95_low, row.delta_ci95_high
+            verdict = ("–" if np.isnan(low) else "method better" if low > 0
+                       else "baseline better" if high < 0 else "no difference detected")
+            out.append({"comparison": comparison, "claim": claim, "level": row.level,
+                        "variant": row.variant, "n_parents": row.n_parents,
+                        "sparsity_mean": row.sparsity_mean, "delta_mean": row.delta_vs_baseline_mean,
+                        "ci95": "–" if np.isnan(low) else f"[{low:+.4f}, {high:+.4f}]",
+                        "wilcoxon_p": row.wilcoxon_p, "verdict": verdict})
+    return pd.DataFrame(out, columns=["comparison", "claim", "level", "variant", "n_parents",
+                                      "sparsity_mean", "delta_mean", "ci95", "wilcoxon_p", "verdict"])
 
 
 def learned_scales(metadata: pd.DataFrame) -> pd.DataFrame:
@@ -115,8 +187,13 @@ def to_markdown(table: pd.DataFrame) -> str:
             "–" if np.isnan(m) else f"{m:+.4f} ± {0.0 if np.isnan(s) else s:.4f}"
             for m, s in zip(shown["delta_vs_baseline_mean"], shown["delta_vs_baseline_std"])
         ]
+        shown["Δ 95% CI"] = [
+            "–" if np.isnan(lo) else f"[{lo:+.4f}, {hi:+.4f}]"
+            for lo, hi in zip(shown["delta_ci95_low"], shown["delta_ci95_high"])
+        ]
         shown = shown.drop(columns=["accuracy_mean", "accuracy_std", "delta_vs_baseline_mean",
-                                    "delta_vs_baseline_std", "comparison"])
+                                    "delta_vs_baseline_std", "delta_ci95_low", "delta_ci95_high",
+                                    "comparison"])
     header = "| " + " | ".join(map(str, shown.columns)) + " |"
     rule = "|" + "|".join("---" for _ in shown.columns) + "|"
     body = ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in shown.itertuples(index=False)]
@@ -165,13 +242,20 @@ def write_tables(metadata: pd.DataFrame, out: str | Path) -> dict[str, Path]:
     written: dict[str, Path] = {}
     sections = ["# Variant families: each method against its paper's baseline\n",
                 "Accuracy is mean ± std over tasks, parents and seeds; Δ is the paired difference to "
-                "the baseline twin of the same parent and seed.\n"]
+                "the baseline twin of the same parent and seed (mean ± std), with a 95 % bootstrap "
+                "interval over parents and a Wilcoxon signed-rank p-value. Method and twin share "
+                "optimiser, schedule, data and steps; FLOPs and parameters of both are in the rows.\n"]
     titles = {
         "str_vs_gmp": "STR vs GMP at matched sparsity",
         "channel_sim_vs_l1": "Channel-similarity vs L1-norm filter pruning at equal FLOPs",
         "shape_adaptor_vs_fixed_stride": "Shape adaptor vs fixed strides",
-        "nsl_vs_conv": "NSL (static full, static diagonal, dynamic) vs convolution",
+        "nsl_vs_conv": "NSL (static full, static diagonal, dynamic full, dynamic diagonal) vs convolution",
     }
+    claims = claims_table(metadata)
+    claims.to_csv(out / "claims.csv", index=False)
+    written["claims"] = out / "claims.csv"
+    sections += ["\n## The papers' claims, paired over parents\n",
+                 to_markdown(claims) if len(claims) else "_no paired comparisons in the set_\n"]
     for name in COMPARISONS:
         table = comparison_table(metadata, name)
         path = out / f"{name}.csv"

@@ -5,11 +5,13 @@ With 16 channels, one input channel and ten classes it has 4,970 parameters. Sta
 ``conv{i}.weight``, ``conv{i}.bias`` and ``head.weight``, ``head.bias``; variants keep these keys
 and add their own (documented where they are defined).
 
-Variants (see ``modelset.architectures.layers``): ``conv="nsl_full" | "nsl_diag" | "nsl_dynamic"``
-replaces every convolution by an ``NSLConv2d`` of that form (keys ``conv{i}.M``, ``conv{i}.m`` or
-``conv{i}.meta.*`` are added); ``downsample="shape_adaptor"`` makes every convolution stride 1 and
-puts a ``ShapeAdaptor`` ``sa{i}`` before ``conv{i+1}`` (keys ``sa{i}.alpha``), its α initialised so
-that the adaptors together resize by ``1 / prod(strides)`` like the human-designed strides.
+Variants (see ``modelset.architectures.layers``): ``conv="nsl_full" | "nsl_diag" |
+"nsl_dynamic_full" | "nsl_dynamic_diag"`` replaces every convolution by an ``NSLConv2d`` of that
+form (keys ``conv{i}.M``, ``conv{i}.m`` or ``conv{i}.meta1.*``/``meta2.*`` are added;
+``"nsl_dynamic"`` is an alias of ``"nsl_dynamic_diag"``); ``downsample="shape_adaptor"`` makes
+every convolution stride 1 and, as in the authors' networks, puts a ``ShapeAdaptor`` ``sa{i}``
+after the ReLU of every convolution but the last (keys ``sa{i}.alpha``), α initialised by the
+authors' heuristic so that the adaptors together resize by ``sa_output_scale``.
 Sparse (STR, GMP) and channel-pruned variants are plain ``cnn3`` models.
 """
 
@@ -21,7 +23,7 @@ from torch import nn
 from modelset.architectures._registry import register_architecture
 from modelset.architectures.layers import NSLConv2d, ShapeAdaptor, shape_adaptor_alpha
 
-CONV_KINDS = ("conv", "nsl_full", "nsl_diag", "nsl_dynamic")
+CONV_KINDS = ("conv", "nsl_full", "nsl_diag", "nsl_dynamic_full", "nsl_dynamic_diag", "nsl_dynamic")
 DOWNSAMPLE_KINDS = ("stride", "shape_adaptor")
 
 
@@ -36,7 +38,8 @@ class SmallCNN(nn.Module):
         strides: tuple[int, ...] | list[int] = (2, 2, 1),
         conv: str = "conv",
         downsample: str = "stride",
-        nsl_hidden: int = 8,
+        nsl_hidden: int = 16,
+        sa_output_scale: float = 0.5,
     ) -> None:
         super().__init__()
         if len(channels) != len(strides):
@@ -49,19 +52,16 @@ class SmallCNN(nn.Module):
         self.adaptive = downsample == "shape_adaptor"
         widths = [in_channels, *channels]
         if self.adaptive:
-            total_scale = 1.0
-            for stride in strides:
-                total_scale /= stride
-            alpha = shape_adaptor_alpha(total_scale, self.depth, saturate=True)
+            alpha = shape_adaptor_alpha(1.0, sa_output_scale, max(1, self.depth - 1))
         for i, stride in enumerate(strides):
             stride = 1 if self.adaptive else stride
             if conv == "conv":
                 layer: nn.Module = nn.Conv2d(widths[i], widths[i + 1], 3, stride=stride, padding=1)
             else:
-                form = conv.removeprefix("nsl_")
+                form = "dynamic_diag" if conv == "nsl_dynamic" else conv.removeprefix("nsl_")
                 layer = NSLConv2d(widths[i], widths[i + 1], 3, stride, 1, form, nsl_hidden)
             setattr(self, f"conv{i + 1}", layer)
-            if self.adaptive:
+            if self.adaptive and i < self.depth - 1:
                 setattr(self, f"sa{i}", ShapeAdaptor(alpha))
         self.head = nn.Linear(widths[-1], num_classes)
 
@@ -70,15 +70,15 @@ class SmallCNN(nn.Module):
 
     def shape_adaptors(self) -> list[ShapeAdaptor]:
         """The shape adaptors in input order (empty unless ``downsample="shape_adaptor"``)."""
-        return [getattr(self, f"sa{i}") for i in range(self.depth)] if self.adaptive else []
+        return [getattr(self, f"sa{i}") for i in range(self.depth - 1)] if self.adaptive else []
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate activations ``(B, channels[-1])``: pooled features before the head."""
         adaptors = self.shape_adaptors()
         for i, conv in enumerate(self.convs()):
-            if adaptors:
-                x = adaptors[i](x)
             x = torch.relu(conv(x))
+            if i < len(adaptors):
+                x = adaptors[i](x)
         return x.mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,12 +93,14 @@ def cnn3(
     strides: list[int] = (2, 2, 1),
     conv: str = "conv",
     downsample: str = "stride",
-    nsl_hidden: int = 8,
+    nsl_hidden: int = 16,
+    sa_output_scale: float = 0.5,
 ) -> SmallCNN:
     """Small CNN: three 3×3 convolutions (16 channels), global average pooling, linear head.
 
     ``conv`` and ``downsample`` select the NSL and shape-adaptor variants (module docstring).
     """
     return SmallCNN(
-        in_channels, num_classes, tuple(channels), tuple(strides), conv, downsample, nsl_hidden
+        in_channels, num_classes, tuple(channels), tuple(strides), conv, downsample, nsl_hidden,
+        sa_output_scale,
     )
