@@ -602,7 +602,8 @@ class _Stack:
         """One optimizer step (``step_no`` counts from 1) with per-model ``lr_factor`` ``(M,)``.
 
         SGD: ``buf = 0.9 buf + g``, ``p -= lr buf``; Adam: bias-corrected moments; both with L2
-        weight decay added to the gradient, as ``torch.optim`` does.
+        weight decay added to the gradient, as ``torch.optim`` does. AdamW: Adam's moments of the
+        bare gradient, and ``p *= 1 - lr wd`` before the update (``torch.optim.AdamW``).
         """
         b1, b2 = ADAM_BETAS
         any_adam = bool(self.is_adam.any())
