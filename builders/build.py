@@ -10,7 +10,8 @@ exactly as before, so the finished set is identical to an uninterrupted build.
 Config sections (see ``configs/modelset500.yaml`` for a documented example): ``name``, ``seed``,
 ``threads``, ``device``, ``data`` (``root``, ``train_limit``, ``test_limit``), ``tasks`` (a task
 set name or a list), ``families`` (architecture, arch_kwargs, models_per_task),
-``hyperparameters`` (the ranges), ``shard_size``, ``transfer`` (see :mod:`builders.transfer`)
+``hyperparameters`` (the ranges, and optional named ``recipes`` families that override them for
+some models of every task; see :func:`recipe_families`), ``shard_size``, ``transfer`` (see :mod:`builders.transfer`)
 and ``variants`` (recipes of ``builders.variants`` applied to chosen base models).
 """
 
@@ -31,7 +32,18 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from builders.engine import TaskTensors, TrainResult, TrainSpec, resolve_device, train_models
+from builders.engine import (
+    AUGMENTS,
+    INITS,
+    OPTIMIZERS,
+    SCHEDULES,
+    TaskTensors,
+    TrainResult,
+    TrainSpec,
+    resolve_device,
+    train_images,
+    train_models,
+)
 from builders.executors import get_executor
 from builders.tasks import static_relations, tasks_frame, tasks_from_config
 from builders.transfer import TransferConfig, protocol_text, transfer_affinity
@@ -43,7 +55,7 @@ from modelset.errors import SchemaError
 from modelset.folds import FoldConfig, make_folds
 from modelset.format import RELATIONS_DIR, TASKS_FILE
 from modelset.shards import write_shard_file
-from modelset.tasks import Task, task_data
+from modelset.tasks import INPUT_NORMS, Task, task_data
 from modelset.writer import ModelRecord, ModelSetWriter
 
 log = logging.getLogger(__name__)
@@ -54,7 +66,24 @@ DEFAULT_HPARAMS: dict[str, Any] = {
     "weight_decay": [1.0e-5, 1.0e-3],  # log-uniform
     "batch_size": [32, 64, 128],
     "epochs": [4, 10],  # uniform integer, inclusive
+    # The recipe knobs below default to the original recipe (choices, or a value / [lo, hi] range).
+    "schedule": ["cosine"],
+    "init": ["default"],
+    "augment": ["none"],
+    "label_smoothing": 0.0,  # a value, or [lo, hi] uniform
+    "input_norm": ["standard"],
+    "train_fraction": 1.0,  # a value, or [lo, hi] uniform: share of the task's training images
 }
+#: Keys of ``hyperparameters`` that take a list of choices, and the values allowed.
+_CHOICES: dict[str, tuple[Any, ...]] = {
+    "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "init": INITS, "augment": AUGMENTS,
+    "input_norm": INPUT_NORMS, "batch_size": (),
+}  # fmt: skip
+#: Keys that take ``[lo, hi]`` (or, for the last two, also a single value).
+_RANGES = ("weight_decay", "epochs", "label_smoothing", "train_fraction")
+#: The recipe family of models that no other family claims (and of every model of a config
+#: without ``recipes``).
+DEFAULT_FAMILY = "zoo"
 _TOP_KEYS = {
     "name", "seed", "threads", "device", "data", "tasks", "families", "hyperparameters",
     "shard_size", "transfer", "variants", "description", "folds",
@@ -86,13 +115,121 @@ def load_config(config: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]
     for i, fam in enumerate(cfg["families"]):
         if "architecture" not in fam or "models_per_task" not in fam:
             raise SchemaError(f"config {where}: families[{i}] needs architecture and models_per_task")
+    _check_hparams(cfg, where)
     return cfg
 
 
 def _hparams(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The top-level ranges (defaults filled in), without ``recipes``."""
     hp = dict(DEFAULT_HPARAMS)
-    hp.update(cfg.get("hyperparameters") or {})
+    hp.update({k: v for k, v in (cfg.get("hyperparameters") or {}).items() if k != "recipes"})
     return hp
+
+
+def recipe_families(cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each recipe family's ranges: the top-level ranges with the family's overrides (``lr``
+    merges by optimizer); the default family first, then the others sorted by name.
+
+    Without ``hyperparameters.recipes`` there is one family, :data:`DEFAULT_FAMILY`. Each entry
+    keeps its ``models_per_task`` (``None`` for the default family, which takes the models that
+    the others leave).
+    """
+    base = _hparams(cfg)
+    declared = dict((cfg.get("hyperparameters") or {}).get("recipes") or {DEFAULT_FAMILY: {}})
+    out: dict[str, dict[str, Any]] = {}
+    for name in sorted(declared, key=lambda n: ("models_per_task" in (declared[n] or {}), str(n))):
+        overrides = dict(declared[name] or {})
+        hp = dict(base, models_per_task=overrides.pop("models_per_task", None))
+        if "lr" in overrides:
+            hp["lr"] = {**base["lr"], **overrides.pop("lr")}
+        hp.update(overrides)
+        out[str(name)] = hp
+    return out
+
+
+def _family_counts(fam_spec: Mapping[str, Any], family: Mapping[str, Any]) -> int:
+    """Models per task a recipe family claims of one architecture family."""
+    per = family.get("models_per_task")
+    if isinstance(per, Mapping):
+        return int(per.get(str(fam_spec["architecture"]), 0))
+    return int(per or 0)
+
+
+def _check_hparams(cfg: Mapping[str, Any], where: str) -> None:
+    """Validate ``hyperparameters`` (ranges, choices and recipe families) with errors that name
+    the key and what it allows."""
+    hp_cfg = cfg.get("hyperparameters") or {}
+    if not isinstance(hp_cfg, Mapping):
+        raise SchemaError(f"config {where}: hyperparameters must be a mapping")
+    known = set(DEFAULT_HPARAMS)
+    unknown = set(hp_cfg) - known - {"recipes"}
+    if unknown:
+        raise SchemaError(
+            f"config {where}: unknown hyperparameters {sorted(unknown)}; known {sorted(known | {'recipes'})}"
+        )
+    recipes = hp_cfg.get("recipes")
+    if recipes is not None and (not isinstance(recipes, Mapping) or not recipes):
+        raise SchemaError(f"config {where}: hyperparameters.recipes must map family names to their ranges")
+    for name, over in (recipes or {}).items():
+        if over is not None and not isinstance(over, Mapping):
+            raise SchemaError(f"config {where}: recipe family {name!r} must be a mapping of ranges")
+        bad = set(over or {}) - known - {"models_per_task"}
+        if bad:
+            raise SchemaError(
+                f"config {where}: recipe family {name!r}: unknown keys {sorted(bad)}; known "
+                f"{sorted(known | {'models_per_task'})}"
+            )
+    families = recipe_families(cfg)
+    defaults = [n for n, f in families.items() if f["models_per_task"] is None]
+    if len(defaults) != 1:
+        raise SchemaError(
+            f"config {where}: exactly one recipe family must leave out models_per_task (it takes the "
+            f"models the others leave); got {defaults or 'none'}"
+        )
+    for name, hp in families.items():
+        at = f"config {where}: recipe family {name!r}" if recipes else f"config {where}: hyperparameters"
+        for key, allowed in _CHOICES.items():
+            values = hp[key]
+            if not isinstance(values, list) or not values:
+                raise SchemaError(f"{at}: {key} must be a non-empty list of choices, got {values!r}")
+            if allowed and set(values) - set(allowed):
+                raise SchemaError(f"{at}: {key} {sorted(set(values) - set(allowed))} not in {list(allowed)}")
+        for opt in hp["optimizer"]:
+            rng = hp["lr"].get(opt) if isinstance(hp["lr"], Mapping) else None
+            if not (isinstance(rng, list) and len(rng) == 2 and 0 < rng[0] <= rng[1]):
+                raise SchemaError(f"{at}: lr needs a [lo, hi] range for optimizer {opt!r}, got {rng!r}")
+        for key in _RANGES:
+            lo, hi = _bounds(hp[key], f"{at}: {key}", single=key in ("label_smoothing", "train_fraction"))
+            ok = {"weight_decay": 0 <= lo, "epochs": 1 <= lo, "label_smoothing": 0 <= lo and hi < 1,
+                  "train_fraction": 0 < lo and hi <= 1}[key]  # fmt: skip
+            if not ok:
+                raise SchemaError(f"{at}: {key} [{lo}, {hi}] is out of bounds")
+        per = hp["models_per_task"]
+        if per is not None:
+            values = per.values() if isinstance(per, Mapping) else [per]
+            if not all(isinstance(v, int) and v >= 0 for v in values):
+                raise SchemaError(
+                    f"{at}: models_per_task must be a count or {{architecture: count}}, got {per!r}"
+                )
+    for i, fam in enumerate(cfg["families"]):
+        claimed = sum(_family_counts(fam, f) for f in families.values())
+        if claimed > int(fam["models_per_task"]):
+            raise SchemaError(
+                f"config {where}: recipe families claim {claimed} {fam['architecture']} models per "
+                f"task but families[{i}] has only {fam['models_per_task']}"
+            )
+
+
+def _bounds(value: Any, what: str, single: bool) -> tuple[float, float]:
+    """``(lo, hi)`` of a ``[lo, hi]`` range (or of a single value where ``single``)."""
+    if single and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value), float(value)
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+        if value[0] <= value[1]:
+            return float(value[0]), float(value[1])
+    raise SchemaError(
+        f"{what} must be {'a value or ' if single else ''}[lo, hi] with lo <= hi, got {value!r}"
+    )
 
 
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -103,9 +240,12 @@ def plan_models(cfg: Mapping[str, Any], tasks: Sequence[Task]) -> list[TrainSpec
     """Every base model of the config, with hyper-parameters drawn from the documented ranges.
 
     Each model's draws come from its own stream ``SeedSequence([seed, task, family, index])``, so
-    adding tasks or families never changes the models already planned.
+    adding tasks or families never changes the models already planned. Within each architecture
+    family of a task, the last indices go to the recipe families that claim models (by name), the
+    others to the default family; the recipe knobs are drawn after the original hyper-parameters,
+    so a config without them plans exactly the models it always did.
     """
-    hp = _hparams(cfg)
+    families = recipe_families(cfg)
     seed = int(cfg.get("seed", 0))
     specs = []
     for ti, task in enumerate(tasks):
@@ -113,7 +253,14 @@ def plan_models(cfg: Mapping[str, Any], tasks: Sequence[Task]) -> list[TrainSpec
             arch = str(fam["architecture"])
             kwargs = dict(fam.get("arch_kwargs") or {})
             kwargs["num_classes"] = task.num_classes
-            for i in range(int(fam["models_per_task"])):
+            n = int(fam["models_per_task"])
+            owners: list[str] = []
+            for name, hp in families.items():
+                if hp["models_per_task"] is not None:
+                    owners += [name] * _family_counts(fam, hp)
+            owners = [next(iter(families))] * (n - len(owners)) + owners
+            for i in range(n):
+                hp = families[owners[i]]
                 rng = np.random.default_rng([seed, ti, fi, i])
                 opt = str(rng.choice(hp["optimizer"]))
                 lo, hi = hp["lr"][opt]
@@ -129,9 +276,23 @@ def plan_models(cfg: Mapping[str, Any], tasks: Sequence[Task]) -> list[TrainSpec
                         batch_size=int(rng.choice(hp["batch_size"])),
                         optimizer=opt,
                         epochs=int(rng.integers(hp["epochs"][0], hp["epochs"][1] + 1)),
+                        schedule=str(rng.choice(hp["schedule"])),
+                        init=str(rng.choice(hp["init"])),
+                        augment=str(rng.choice(hp["augment"])),
+                        label_smoothing=round(_uniform(rng, hp["label_smoothing"]), 4),
+                        input_norm=str(rng.choice(hp["input_norm"])),
+                        train_fraction=round(_uniform(rng, hp["train_fraction"]), 3),
+                        recipe_family=owners[i],
                     )
                 )
     return specs
+
+
+def _uniform(rng: np.random.Generator, value: float | Sequence[float]) -> float:
+    """A single value as is, or a uniform draw from ``[lo, hi]``."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    return float(rng.uniform(float(value[0]), float(value[1])))
 
 
 def plan_shards(specs: Sequence[TrainSpec], shard_size: int) -> list[list[TrainSpec]]:
@@ -161,7 +322,7 @@ def load_task_tensors(
     for t in tasks:
         x, y = task_data(t, "train", root, limit=limit)
         xt, yt = task_data(t, "test", root, limit=test_limit)
-        out[t.task_id] = TaskTensors(x, y, xt, yt, t.num_classes)
+        out[t.task_id] = TaskTensors(x, y, xt, yt, t.num_classes, t.dataset)
     return out
 
 
@@ -187,9 +348,15 @@ def _record(res: TrainResult, task: Task, data: TaskTensors) -> ModelRecord:
         "batch_size": s.batch_size,
         "optimizer": s.optimizer,
         "epochs": s.epochs,
-        "schedule": "cosine",
+        "schedule": s.schedule,
+        "init": s.init,
+        "augment": s.augment,
+        "label_smoothing": s.label_smoothing,
+        "input_norm": s.input_norm,
+        "train_fraction": s.train_fraction,
+        "recipe_family": s.recipe_family,
         "steps": res.steps,
-        "train_size": int(data.x_train.shape[0]),
+        "train_size": train_images(s, int(data.x_train.shape[0])),  # images this model saw
         "test_size": int(data.x_test.shape[0]),
         "train_loss": round(res.train_loss, 6),
         "test_accuracy": res.test_accuracy,
@@ -313,21 +480,46 @@ def build(
 
 
 def _build_text(cfg: Mapping[str, Any], tasks: Sequence[Task], specs: Sequence[TrainSpec]) -> str:
-    hp = _hparams(cfg)
     data_cfg = cfg.get("data") or {}
     fams = ", ".join(f"{f['architecture']} × {f['models_per_task']}" for f in cfg["families"])
+    families = recipe_families(cfg)
+    counts = {name: sum(s.recipe_family == name for s in specs) for name in families}
+    recipes = " ".join(
+        f"Recipe family `{name}` ({counts[name]} models): {_recipe_text(hp)}." for name, hp in families.items()
+    )
     return (
         f"{len(specs)} base models over {len(tasks)} tasks ({fams} per task), trained by the "
         "multi-model engine of `builders/engine.py` (stacked parameters, one forward/backward for "
         "all models of a shard; numerically the same as one-model-at-a-time training). "
         f"Each task uses the first {data_cfg.get('train_limit', 'all')} training images of its "
         f"classes and the first {data_cfg.get('test_limit', 'all')} test images. Per model, drawn "
-        f"from its own seeded stream: optimizer from {hp['optimizer']} (SGD with momentum 0.9 or "
-        f"Adam), learning rate log-uniform in {hp['lr']} by optimizer with a cosine schedule, "
-        f"weight decay log-uniform in {hp['weight_decay']}, batch size from {hp['batch_size']}, "
-        f"epochs uniform in {hp['epochs']}. `below_chance` flags models whose test accuracy is "
-        "within 2 points of the majority-class rate. Same config and seed give identical "
-        "parameters on the CPU."
+        f"from its own seeded stream and recorded in the model table: {recipes} SGD has momentum "
+        "0.9; Adam and SGD use L2 weight decay, AdamW decoupled decay. Schedules: `cosine` decays "
+        "to 0, `warmup_cosine` after a linear warm-up over the first 10% of steps, `step` divides "
+        "the rate by 10 at 50% and 75% of the steps. `init` re-draws convolution and linear "
+        "weights (biases zero) or keeps torch's (`default`). `augment`: random shifts of up to 2 "
+        "pixels with edge padding and/or horizontal flips. `train_size` is the number of training "
+        "images a model saw (a seeded subset where `train_fraction` < 1). Models expect inputs "
+        "in their `input_norm`: `standard` (the data set's standardization) or `minus_one_one` "
+        "(pixels scaled to [-1, 1]); `modelset.tasks.task_data(task, split, "
+        "input_norm=row['input_norm'])` gives them. `below_chance` flags models whose test "
+        "accuracy is within 2 points of the majority-class rate. Same config and seed give "
+        "identical parameters on the CPU."
+    )
+
+
+def _recipe_text(hp: Mapping[str, Any]) -> str:
+    """One recipe family's ranges in words."""
+    def span(v: Any) -> str:
+        return f"uniform in {v}" if isinstance(v, list) else f"{v}"
+
+    return (
+        f"optimizer from {hp['optimizer']}, learning rate log-uniform in "
+        f"{ {o: hp['lr'][o] for o in hp['optimizer']} } by optimizer, weight decay log-uniform "
+        f"in {hp['weight_decay']}, batch size from {hp['batch_size']}, epochs uniform in "
+        f"{hp['epochs']}, schedule from {hp['schedule']}, init from {hp['init']}, augment from "
+        f"{hp['augment']}, label smoothing {span(hp['label_smoothing'])}, input_norm from "
+        f"{hp['input_norm']}, train_fraction {span(hp['train_fraction'])}"
     )
 
 

@@ -17,9 +17,16 @@ masked to ``-inf``, so the padded rows get zero gradient and stay zero: models o
 different numbers of classes train together, and the padding is cut off when results are returned.
 
 The optimizer reproduces ``torch.optim.SGD(momentum=0.9)`` / ``torch.optim.Adam`` with L2 weight
-decay and a per-model cosine learning-rate schedule; :func:`train_plain` is the ordinary
-one-model-at-a-time loop with the same data order and initialization, used as the reference.
-Models leave the stack when their last step is done, so models with fewer epochs cost less.
+decay, or ``torch.optim.AdamW`` (decoupled weight decay). Every model has its own recipe
+(:class:`TrainSpec`): learning-rate schedule (:data:`SCHEDULES`), initialization scheme
+(:data:`INITS`), batch augmentation (:data:`AUGMENTS`: random shifts with edge padding and/or
+horizontal flips, drawn from the model's own generator), label smoothing, input normalization
+(``modelset.tasks.INPUT_NORMS``) and the fraction of its task's training images it sees. The
+defaults are the original recipe (cosine, torch's initialization, no augmentation or smoothing,
+standardized inputs, every image) and run exactly the original operations. :func:`train_plain` is
+the ordinary one-model-at-a-time loop with the same data order, initialization and recipe, used as
+the reference. Models leave the stack when their last step is done, so models with fewer epochs
+cost less.
 """
 
 from __future__ import annotations
@@ -45,10 +52,25 @@ from tqdm.auto import tqdm
 
 import modelset.architectures.resnet  # noqa: F401  (registers resnet_tiny for the engine)
 from modelset.architectures import build_architecture, canonical_kwargs
+from modelset.tasks import INPUT_NORMS, convert_input_norm, input_norm_affine
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+#: Learning-rate schedules: cosine decay to 0; the same after a linear warm-up over the first
+#: ``WARMUP_FRACTION`` of the steps; step decay by ``STEP_GAMMA`` at ``STEP_MILESTONES`` of the
+#: steps; constant.
+SCHEDULES = ("cosine", "warmup_cosine", "step", "constant")
+WARMUP_FRACTION = 0.1
+STEP_MILESTONES = (0.5, 0.75)
+STEP_GAMMA = 0.1
+#: Initialization of convolution and linear weights (biases then start at zero): ``default`` keeps
+#: the architecture's own (torch's) initialization.
+INITS = ("default", "kaiming_normal", "xavier_uniform", "orthogonal")
+#: Batch augmentation: random shifts of up to ``SHIFT_PIXELS`` with edge padding (torchvision's
+#: ``RandomCrop(size, padding=SHIFT_PIXELS, padding_mode="edge")``) and/or horizontal flips (p=0.5).
+AUGMENTS = ("none", "shift", "flip", "shift_flip")
+SHIFT_PIXELS = 2
 MOMENTUM = 0.9
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
@@ -69,7 +91,12 @@ _GLOBAL_RNG = threading.Lock()
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """Everything that determines one trained model (with its task's data)."""
+    """Everything that determines one trained model (with its task's data).
+
+    The fields after ``epochs`` default to the original recipe. ``train_fraction`` is the share of
+    the task's training images the model sees (a subset drawn from its seed); ``recipe_family``
+    is a label (the config's recipe family), not part of training.
+    """
 
     model_id: str
     task_id: str
@@ -81,14 +108,28 @@ class TrainSpec:
     batch_size: int
     optimizer: str
     epochs: int
+    schedule: str = "cosine"
+    init: str = "default"
+    augment: str = "none"
+    label_smoothing: float = 0.0
+    input_norm: str = "standard"
+    train_fraction: float = 1.0
+    recipe_family: str = "zoo"
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(
-                f"model {self.model_id}: optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}"
-            )
+        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("init", INITS),
+                              ("augment", AUGMENTS), ("input_norm", INPUT_NORMS)):  # fmt: skip
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"model {self.model_id}: {name} must be one of {allowed}, got {getattr(self, name)!r}"
+                )
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(f"model {self.model_id}: invalid hyper-parameters {self}")
+        if not 0.0 <= self.label_smoothing < 1.0 or not 0.0 < self.train_fraction <= 1.0:
+            raise ValueError(
+                f"model {self.model_id}: label_smoothing must be in [0, 1) and train_fraction in "
+                f"(0, 1]; got {self.label_smoothing} and {self.train_fraction}"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -102,13 +143,18 @@ class TrainSpec:
 
 @dataclass
 class TaskTensors:
-    """A task's training and test data: ``x`` ``(n, C, H, W)`` float32, ``y`` ``(n,)`` int64."""
+    """A task's training and test data: ``x`` ``(n, C, H, W)`` float32, ``y`` ``(n,)`` int64.
+
+    ``x`` is standardized (``modelset.tasks.task_data``); ``dataset`` names its source data set,
+    needed only by models whose ``input_norm`` is not ``"standard"``.
+    """
 
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    dataset: str = ""
 
 
 @dataclass
@@ -131,15 +177,68 @@ class TrainResult:
 
 
 def init_model(spec: TrainSpec) -> torch.nn.Module:
-    """The model of ``spec`` initialized from its seed (independent of the global RNG state)."""
+    """The model of ``spec`` initialized from its seed and ``spec.init`` scheme (independent of
+    the global RNG state)."""
     with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):  # seeds the process-wide generator
         torch.manual_seed(spec.seed)
-        return build_architecture(spec.architecture, spec.arch_kwargs)
+        model = build_architecture(spec.architecture, spec.arch_kwargs)
+        apply_init(model, spec.init)
+        return model
+
+
+@torch.no_grad()
+def apply_init(model: torch.nn.Module, scheme: str) -> None:
+    """Re-initialize every convolution and linear weight of ``model`` by ``scheme`` (one of
+    :data:`INITS`, drawing from torch's global generator) and zero their biases, as
+    ``model.apply(init_fn)`` does in a plain training script; ``"default"`` changes nothing.
+    Normalization layers keep their own initialization."""
+    if scheme not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {scheme!r}")
+    if scheme == "default":
+        return
+    for module in model.modules():
+        if not isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            continue
+        if scheme == "kaiming_normal":
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        elif scheme == "xavier_uniform":
+            torch.nn.init.xavier_uniform_(module.weight)
+        else:
+            torch.nn.init.orthogonal_(module.weight)
+        if module.bias is not None:
+            torch.nn.init.zeros_(module.bias)
 
 
 def data_generator(spec: TrainSpec) -> torch.Generator:
     """The generator of a model's data order: its own stream, derived from its seed."""
     return torch.Generator().manual_seed((spec.seed * 1_000_003 + 7919) % (2**63))
+
+
+def _side_generator(spec: TrainSpec, salt: int) -> torch.Generator:
+    """Another stream of the model's seed (training subset, augmentation), so that turning a
+    knob on leaves its data order untouched."""
+    return torch.Generator().manual_seed((spec.seed * 1_000_003 + salt) % (2**63))
+
+
+def train_images(spec: TrainSpec, n: int) -> int:
+    """Training images a model sees of its task's ``n``: ``round(train_fraction * n)``, at least 1."""
+    return n if spec.train_fraction >= 1.0 else max(1, round(spec.train_fraction * n))
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """Learning-rate multiplier at ``step`` (0-based) of ``total`` under ``schedule``."""
+    if schedule == "cosine":
+        return cosine_factor(step, total)
+    if schedule == "warmup_cosine":
+        warm = max(1, math.ceil(WARMUP_FRACTION * total))
+        if step < warm:
+            return (step + 1) / warm
+        return cosine_factor(step - warm, total - warm)
+    if schedule == "step":
+        return STEP_GAMMA ** sum(step >= int(m * total) for m in STEP_MILESTONES)
+    if schedule == "constant":
+        return 1.0
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -153,21 +252,84 @@ def cosine_factor(step: int, total: int) -> float:
 
 
 class _Batches:
-    """A model's batch indices, epoch by epoch, in the order shared by the engine and plain loop."""
+    """A model's batch indices (into its task's ``n`` training images) and augmentation draws,
+    epoch by epoch, in the order shared by the engine and plain loop."""
 
     def __init__(self, spec: TrainSpec, n: int) -> None:
         self.gen = data_generator(spec)
+        self.subset: torch.Tensor | None = None
+        if spec.train_fraction < 1.0:
+            # A seeded random subset, in data set order (not the first images: those are the
+            # same for every model of the task).
+            pick = torch.randperm(n, generator=_side_generator(spec, 15_485_863))
+            self.subset = pick[: train_images(spec, n)].sort().values
+            n = self.subset.numel()
         self.n = n
         self.bs = min(spec.batch_size, n)
         self.spe = steps_per_epoch(n, self.bs)
         self.total = self.spe * spec.epochs
         self.perm = torch.empty(0, dtype=torch.int64)
+        self.augment = spec.augment
+        self.aug_gen = _side_generator(spec, 104_729) if spec.augment != "none" else None
+        self.shifts = self.flips = torch.empty(0)
 
     def at(self, step: int) -> torch.Tensor:
         b = step % self.spe
         if b == 0:
             self.perm = torch.randperm(self.n, generator=self.gen)
-        return self.perm[b * self.bs : (b + 1) * self.bs]
+            if self.aug_gen is not None:  # one draw per epoch: cheaper than one per step
+                count = self.spe * self.bs
+                if "shift" in self.augment:
+                    self.shifts = torch.randint(
+                        -SHIFT_PIXELS, SHIFT_PIXELS + 1, (count, 2), generator=self.aug_gen
+                    )
+                if "flip" in self.augment:
+                    self.flips = torch.randint(0, 2, (count,), generator=self.aug_gen).bool()
+        idx = self.perm[b * self.bs : (b + 1) * self.bs]
+        return idx if self.subset is None else self.subset[idx]
+
+    def augmentation(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This step's ``(shifts (B, 2), flips (B,))`` (zeros and False where the recipe has
+        none); call after :meth:`at` for the same step."""
+        b = step % self.spe
+        sl = slice(b * self.bs, (b + 1) * self.bs)
+        shifts = self.shifts[sl] if "shift" in self.augment else torch.zeros(self.bs, 2, dtype=torch.int64)
+        flips = self.flips[sl] if "flip" in self.augment else torch.zeros(self.bs, dtype=torch.bool)
+        return shifts, flips
+
+
+def augment_images(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Shift and flip each image: ``x`` ``(N, C, H, W)``, ``shifts`` ``(N, 2)`` (rows, columns),
+    ``flips`` ``(N,)`` bool → ``(N, C, H, W)``.
+
+    Output pixel ``(i, j)`` is input pixel ``(i + dy, j + dx)`` clamped to the image (edge
+    padding), then mirrored left-right where ``flips``: torchvision's ``RandomCrop`` with
+    ``padding_mode="edge"`` followed by ``RandomHorizontalFlip``. Pixels are only copied, so the
+    result does not depend on the input normalization.
+    """
+    n, c, h, w = x.shape
+    rows = (torch.arange(h, device=x.device) + shifts[:, :1].to(x.device)).clamp_(0, h - 1)  # (N, H)
+    cols = (torch.arange(w, device=x.device) + shifts[:, 1:].to(x.device)).clamp_(0, w - 1)  # (N, W)
+    cols = torch.where(flips.to(x.device).unsqueeze(1), cols.flip(1), cols)
+    pixels = (rows.unsqueeze(2) * w + cols.unsqueeze(1)).view(n, 1, h * w).expand(n, c, h * w)
+    return x.reshape(n, c, h * w).gather(2, pixels).view(n, c, h, w)
+
+
+def smoothed_cross_entropy(
+    logits: torch.Tensor, y: torch.Tensor, smoothing: torch.Tensor, num_classes: torch.Tensor
+) -> torch.Tensor:
+    """Per-model mean cross-entropy with label smoothing, as ``F.cross_entropy(label_smoothing=)``.
+
+    ``logits`` ``(M, B, K)`` with ``-inf`` beyond each model's own ``num_classes`` ``(M,)``, ``y``
+    ``(M, B)``, ``smoothing`` ``(M,)`` → ``(M,)``: ``(1 - ε) · NLL + ε · mean over the model's own
+    classes of ``-log p``.
+    """
+    logp = torch.log_softmax(logits, -1)
+    nll = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)  # (M, B)
+    own = torch.arange(logits.shape[-1], device=logits.device) < num_classes.view(-1, 1, 1)
+    uniform = -torch.where(own, logp, torch.zeros_like(logp)).sum(-1) / num_classes.unsqueeze(1)
+    eps = smoothing.unsqueeze(1)
+    return ((1.0 - eps) * nll + eps * uniform).mean(1)
 
 
 @functools.cache
@@ -203,7 +365,8 @@ def _chance(y_test: torch.Tensor, num_classes: int) -> float:
 def train_plain(spec: TrainSpec, data: TaskTensors, device: str = "cpu") -> TrainResult:
     """Train one model the ordinary way (``nn.Module`` + ``torch.optim``): the reference.
 
-    Same initialization, data order, optimizer and schedule as the engine.
+    Same initialization, data order, optimizer, schedule, augmentation, label smoothing, input
+    normalization and training subset as the engine.
     """
     model = init_model(spec).to(device)
     init = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
@@ -211,18 +374,20 @@ def train_plain(spec: TrainSpec, data: TaskTensors, device: str = "cpu") -> Trai
     if spec.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=spec.lr, momentum=MOMENTUM, weight_decay=spec.weight_decay)
     else:
-        opt = torch.optim.Adam(
-            params, lr=spec.lr, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=spec.weight_decay
-        )
+        adam = torch.optim.Adam if spec.optimizer == "adam" else torch.optim.AdamW
+        opt = adam(params, lr=spec.lr, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=spec.weight_decay)
     batches = _Batches(spec, data.x_train.shape[0])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_factor(s, batches.total))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(spec.schedule, s, batches.total))
     model.train()
     losses: list[float] = []
     for step in range(batches.total):
         idx = batches.at(step)
-        xb, yb = data.x_train[idx].to(device), data.y_train[idx].to(device)
+        xb = convert_input_norm(data.x_train[idx], data.dataset, spec.input_norm)
+        if spec.augment != "none":
+            xb = augment_images(xb, *batches.augmentation(step))
+        xb, yb = xb.to(device), data.y_train[idx].to(device)
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(xb), yb)
+        loss = F.cross_entropy(model(xb), yb, label_smoothing=spec.label_smoothing)
         loss.backward()
         opt.step()
         sched.step()
@@ -232,7 +397,8 @@ def train_plain(spec: TrainSpec, data: TaskTensors, device: str = "cpu") -> Trai
     correct = 0
     with torch.no_grad():
         for i in range(0, data.x_test.shape[0], EVAL_BATCH):
-            pred = model(data.x_test[i : i + EVAL_BATCH].to(device)).argmax(1).cpu()
+            x = convert_input_norm(data.x_test[i : i + EVAL_BATCH], data.dataset, spec.input_norm)
+            pred = model(x.to(device)).argmax(1).cpu()
             correct += int((pred == data.y_test[i : i + EVAL_BATCH]).sum())
     final = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
     return TrainResult(
@@ -330,6 +496,7 @@ class _Stack:
         specs: list[TrainSpec],
         device: torch.device,
         inits: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+        data: Mapping[str, TaskTensors] | None = None,
     ) -> None:
         self.specs = specs
         self.arch = specs[0].architecture
@@ -364,8 +531,39 @@ class _Stack:
         self.exp_avg = torch.zeros_like(self.flat)
         self.exp_avg_sq = torch.zeros_like(self.flat)
         self.lr = torch.tensor([s.lr for s in specs], device=device)
-        self.wd = torch.tensor([s.weight_decay for s in specs], device=device)
-        self.is_adam = torch.tensor([s.optimizer == "adam" for s in specs], device=device)
+        # L2 weight decay goes into the gradient; AdamW's decoupled decay shrinks the parameters.
+        self.wd = torch.tensor(
+            [0.0 if s.optimizer == "adamw" else s.weight_decay for s in specs], device=device
+        )
+        self.wd_decoupled: torch.Tensor | None = None
+        if any(s.optimizer == "adamw" for s in specs):
+            decoupled = [s.weight_decay if s.optimizer == "adamw" else 0.0 for s in specs]
+            self.wd_decoupled = torch.tensor(decoupled, device=device)
+        self.is_adam = torch.tensor([s.optimizer in ("adam", "adamw") for s in specs], device=device)
+        # Recipe knobs that cost work per step exist only when some model uses them, so a stack
+        # of the original recipe runs exactly the original operations.
+        self.in_scale: torch.Tensor | None = None
+        self.in_shift: torch.Tensor | None = None
+        if any(s.input_norm != "standard" for s in specs):
+            self.in_scale, self.in_shift = _input_affines(specs, data or {}, device)
+        self.smoothing: torch.Tensor | None = None
+        if any(s.label_smoothing > 0 for s in specs):
+            self.smoothing = torch.tensor([s.label_smoothing for s in specs], device=device)
+        self.own_classes = torch.tensor([s.num_classes for s in specs], device=device)
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardized ``x`` ``(M, B, C, H, W)`` in each model's input normalization."""
+        if self.in_scale is None:
+            return x
+        return x * self.in_scale + self.in_shift
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-model mean training loss ``(M,)`` of masked ``logits`` ``(M, B, K)``, ``y`` ``(M, B)``."""
+        if self.smoothing is not None:
+            return smoothed_cross_entropy(logits, y, self.smoothing, self.own_classes)
+        m, b, k = logits.shape
+        per_model = F.cross_entropy(logits.reshape(m * b, k), y.reshape(-1), reduction="none")
+        return per_model.view(m, b).mean(1)
 
     def _stack(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         """Stack along a new dim 0, zero-padding dim 0 of head tensors to ``kmax`` classes."""
@@ -404,7 +602,8 @@ class _Stack:
         """One optimizer step (``step_no`` counts from 1) with per-model ``lr_factor`` ``(M,)``.
 
         SGD: ``buf = 0.9 buf + g``, ``p -= lr buf``; Adam: bias-corrected moments; both with L2
-        weight decay added to the gradient, as ``torch.optim`` does.
+        weight decay added to the gradient, as ``torch.optim`` does. AdamW: Adam's moments of the
+        bare gradient, and ``p *= 1 - lr wd`` before the update (``torch.optim.AdamW``).
         """
         b1, b2 = ADAM_BETAS
         any_adam = bool(self.is_adam.any())
@@ -421,7 +620,10 @@ class _Stack:
             denom = (m2 / (1 - b2**step_no)).sqrt_().add_(ADAM_EPS)
             adam_upd = (m1 / (1 - b1**step_no)).div_(denom)
             upd = torch.where(self.is_adam.unsqueeze(1), adam_upd, upd) if any_sgd else adam_upd
-        p.sub_((self.lr * lr_factor).unsqueeze(1) * upd)
+        lr = self.lr * lr_factor
+        if self.wd_decoupled is not None:  # AdamW: p ← p (1 - lr wd) - lr update
+            p.mul_((1.0 - lr * self.wd_decoupled).unsqueeze(1))
+        p.sub_(lr.unsqueeze(1) * upd)
         p.grad = None
 
     def select(self, keep: torch.Tensor) -> None:
@@ -434,6 +636,13 @@ class _Stack:
         self.flat = self.flat.detach()[keep].requires_grad_()
         self.class_mask = self.class_mask[keep]
         self.lr, self.wd, self.is_adam = self.lr[keep], self.wd[keep], self.is_adam[keep]
+        self.own_classes = self.own_classes[keep]
+        if self.wd_decoupled is not None:
+            self.wd_decoupled = self.wd_decoupled[keep]
+        if self.smoothing is not None:
+            self.smoothing = self.smoothing[keep]
+        if self.in_scale is not None:
+            self.in_scale, self.in_shift = self.in_scale[keep], self.in_shift[keep]
 
     def subset(self, positions: list[int]) -> _Stack:
         """The models at ``positions``, detached from autograd (for evaluation and results)."""
@@ -444,6 +653,8 @@ class _Stack:
         sub.class_mask = self.class_mask[idx]
         sub.specs = [self.specs[j] for j in positions]
         sub.inits = [self.inits[j] for j in positions]
+        if self.in_scale is not None:
+            sub.in_scale, sub.in_shift = self.in_scale[idx], self.in_shift[idx]
         return sub
 
     def state_dict(self, i: int) -> dict[str, torch.Tensor]:
@@ -459,6 +670,25 @@ class _Stack:
                 t = t[:k]
             out[name] = t.clone().cpu()
         return out
+
+
+def _input_affines(
+    specs: list[TrainSpec], data: Mapping[str, TaskTensors], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-model ``(scale, shift)``, each ``(M, 1, C, 1, 1)``: standardized inputs → the model's."""
+    scales, shifts = [], []
+    for s in specs:
+        d = data[s.task_id]
+        if s.input_norm == "standard":
+            c = d.x_train.shape[1]
+            scale, shift = torch.ones(c), torch.zeros(c)
+        else:
+            scale, shift = input_norm_affine(d.dataset, s.input_norm)
+        scales.append(scale)
+        shifts.append(shift)
+    m, c = len(specs), scales[0].shape[0]
+    return (torch.stack(scales).view(m, 1, c, 1, 1).to(device),
+            torch.stack(shifts).view(m, 1, c, 1, 1).to(device))  # fmt: skip
 
 
 def _load_matching(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
@@ -495,6 +725,11 @@ def _check_group(specs: list[TrainSpec], data: Mapping[str, TaskTensors]) -> Non
             raise ValueError(
                 f"model {s.model_id}: num_classes {s.num_classes} but task {s.task_id} has "
                 f"{data[s.task_id].num_classes}"
+            )
+        if s.input_norm != "standard" and not data[s.task_id].dataset:
+            raise ValueError(
+                f"model {s.model_id}: input_norm {s.input_norm!r} needs the data set of task "
+                f"{s.task_id} (TaskTensors.dataset) to undo its standardization"
             )
 
 
@@ -634,21 +869,21 @@ def _train_stack(
         pos += data[t].x_train.shape[0]
     x_all, y_all = torch.cat(xs).to(dev), torch.cat(ys).to(dev)
 
-    stack = _Stack(specs, dev, inits)
+    stack = _Stack(specs, dev, inits, data)
     batches = [_Batches(s, data[s.task_id].x_train.shape[0]) for s in specs]
     order = list(range(len(specs)))  # positions in ``specs`` of the models still in the stack
     results: dict[int, TrainResult] = {}
     last_losses: dict[int, list[float]] = {i: [] for i in order}
     for step in range(max(b.total for b in batches)):
         idx = torch.stack([batches[i].at(step) + offsets[specs[i].task_id] for i in order]).to(dev)  # (M, B)
-        xb, yb = x_all[idx], y_all[idx]  # (M, B, C, H, W), (M, B)
-        logits = stack.forward(xb, train=True)
-        m, b, k = logits.shape
-        per_model = F.cross_entropy(logits.reshape(m * b, k), yb.reshape(-1), reduction="none")
-        per_model = per_model.view(m, b).mean(1)
+        xb, yb = stack.inputs(x_all[idx]), y_all[idx]  # (M, B, C, H, W), (M, B)
+        augmented = [j for j, i in enumerate(order) if specs[i].augment != "none"]
+        if augmented:
+            xb = _augment_stack(xb, [batches[order[j]] for j in augmented], augmented, step)
+        per_model = stack.loss(stack.forward(xb, train=True), yb)
         per_model.sum().backward()  # models are independent: each gets its own gradient
-        lr_factor = torch.tensor([cosine_factor(step, batches[i].total) for i in order], device=dev)
-        stack.step(step + 1, lr_factor)
+        factors = [lr_factor(specs[i].schedule, step, batches[i].total) for i in order]
+        stack.step(step + 1, torch.tensor(factors, device=dev))
         for i, loss in zip(order, per_model.detach().tolist()):
             if step >= batches[i].total - batches[i].spe:
                 last_losses[i].append(loss)
@@ -661,6 +896,23 @@ def _train_stack(
             if order:
                 stack.select(torch.tensor(keep, device=dev))
     return [results[i] for i in range(len(specs))]
+
+
+def _augment_stack(
+    xb: torch.Tensor, batches: list[_Batches], positions: list[int], step: int
+) -> torch.Tensor:
+    """``xb`` ``(M, B, C, H, W)`` with the models at ``positions`` augmented by their own draws."""
+    draws = [b.augmentation(step) for b in batches]
+    shifts = torch.cat([d[0] for d in draws])
+    flips = torch.cat([d[1] for d in draws])
+    m, b = xb.shape[:2]
+    if len(positions) == m:
+        return augment_images(xb.reshape(m * b, *xb.shape[2:]), shifts, flips).view(xb.shape)
+    pos = torch.tensor(positions, device=xb.device)
+    xb[pos] = augment_images(xb[pos].reshape(len(positions) * b, *xb.shape[2:]), shifts, flips).view(
+        len(positions), b, *xb.shape[2:]
+    )
+    return xb
 
 
 @torch.no_grad()
@@ -704,7 +956,7 @@ def evaluate_stack(stack: _Stack, data: Mapping[str, TaskTensors], dev: torch.de
         chunk = max(1, EVAL_IMAGES_PER_CALL // len(members))
         for i in range(0, d.x_test.shape[0], chunk):
             xb = d.x_test[i : i + chunk].to(dev)
-            x = xb.unsqueeze(0).expand(len(members), *xb.shape)
+            x = sub.inputs(xb.unsqueeze(0).expand(len(members), *xb.shape))
             logits = sub.forward(x, train=False)
             pred = logits.argmax(-1).cpu()  # (m, b)
             hits = (pred == d.y_test[i : i + chunk]).sum(1)

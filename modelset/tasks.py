@@ -4,6 +4,12 @@ A task's labels are remapped to ``0..k-1`` in the order of its sorted classes, s
 task has a ``k``-way head whatever the original class ids were. :func:`task_data` gives a task's
 inputs (domain applied) and remapped labels, which is what ``ModelSet.model(id)`` runs on and what
 benchmarks use as probe data.
+
+Models expect their inputs in one of :data:`INPUT_NORMS` (the model table's ``input_norm``
+column): ``"standard"``, the data set's per-channel standardization, or ``"minus_one_one"``,
+pixels scaled to [-1, 1] as in the Small CNN Zoo (Unterthiner et al. 2020). ``task_data(task,
+split, input_norm=row["input_norm"])`` gives a model its own inputs; :func:`convert_input_norm`
+turns standardized inputs (e.g. probe batches) into another norm.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ import torch
 from modelset.datasets import dataset_info, load_tensors
 from modelset.domains import apply_domain, get_domain
 from modelset.errors import SchemaError
+
+#: Input normalizations a model may expect (the ``input_norm`` column of the model table).
+INPUT_NORMS = ("standard", "minus_one_one")
 
 
 @dataclass(frozen=True)
@@ -97,14 +106,17 @@ def task_data(
     limit: int | None = None,
     allow_download: bool | None = None,
     normalize: bool = True,
+    input_norm: str = "standard",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A task's inputs and labels for ``split``: what the task's models were trained and tested on.
 
     Returns ``x`` ``(n, C, H, W)`` float32 and ``y`` ``(n,)`` int64 in ``0..k-1``. The images get
     the task's domain (on [0, 1] pixels), then, if ``normalize``, the data set's per-channel
     standardization ``(x - mean) / std`` (fixed constants of :class:`DatasetInfo`, the same for
-    every domain, so a domain shift stays a shift). ``limit`` keeps the first ``limit`` examples of
-    the task (in data set order, so the same slice everywhere).
+    every domain, so a domain shift stays a shift), converted to ``input_norm`` (see
+    :func:`convert_input_norm`; pass a model's ``input_norm`` column to get its inputs). ``limit``
+    keeps the first ``limit`` examples of the task (in data set order, so the same slice
+    everywhere).
     """
     x_all, y_all = load_tensors(task.dataset, split, root, allow_download)
     idx = task_indices(task, y_all)
@@ -115,5 +127,33 @@ def task_data(
         info = dataset_info(task.dataset)
         mean = torch.tensor(info.mean, dtype=x.dtype).view(1, -1, 1, 1)
         std = torch.tensor(info.std, dtype=x.dtype).view(1, -1, 1, 1)
-        x = (x - mean) / std
+        x = convert_input_norm((x - mean) / std, task.dataset, input_norm)
     return x, remap_labels(task, y_all[idx])
+
+
+def input_norm_affine(dataset: str, input_norm: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)``, each ``(C,)``: ``x * scale + shift`` maps standardized inputs of
+    ``dataset`` to ``input_norm`` (``"standard"``: ones and zeros; ``"minus_one_one"``: ``2 p - 1``
+    for pixels ``p = x * std + mean`` in [0, 1])."""
+    if input_norm not in INPUT_NORMS:
+        raise SchemaError(f"input_norm {input_norm!r} is not one of {INPUT_NORMS}")
+    info = dataset_info(dataset)
+    mean = torch.tensor(info.mean, dtype=torch.float32)
+    std = torch.tensor(info.std, dtype=torch.float32)
+    if input_norm == "standard":
+        return torch.ones_like(mean), torch.zeros_like(mean)
+    return 2.0 * std, 2.0 * mean - 1.0
+
+
+def convert_input_norm(x: torch.Tensor, dataset: str, input_norm: str) -> torch.Tensor:
+    """Standardized inputs ``x`` ``(n, C, H, W)`` of ``dataset`` (what ``task_data`` gives by
+    default) as ``input_norm`` expects them; the same tensor for ``"standard"``.
+
+    The training engine converts its batches with these same operations, so a model sees
+    bit-identical inputs at training time and through this function.
+    """
+    if input_norm == "standard":
+        return x
+    scale, shift = input_norm_affine(dataset, input_norm)
+    c = scale.shape[0]
+    return x * scale.view(1, c, 1, 1).to(x) + shift.view(1, c, 1, 1).to(x)

@@ -14,11 +14,21 @@ in the process (a glibc allocator setting, see ``builders.engine``); the plain l
 same process, so both run with the same allocator.
 
     python scripts/bench_engine.py --threads 2
+
+With ``--recipes`` it measures instead what the recipe knobs (schedules, init schemes,
+augmentation, label smoothing, input normalization, AdamW) cost the engine: the same models are
+trained with the original recipe, with the knobs ModelSet500's config draws for its cnn3 models
+(``--config``), and with every costly knob on every model (shifts and flips, label smoothing,
+[-1, 1] inputs, AdamW), alternating, and the times are given as ratios to the original recipe.
+Every model sees all its images (``train_fraction`` 1), so the ratios are the knobs' overhead.
+
+    python scripts/bench_engine.py --threads 2 --recipes
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import statistics
 import time
@@ -68,6 +78,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=3, help="timed runs of each; the best counts")
     p.add_argument("--workers", type=int, default=None, help="engine stacks (default: --threads)")
+    p.add_argument("--recipes", action="store_true", help="time the recipe knobs instead of the plain loop")
+    p.add_argument("--config", default="configs/modelset500.yaml", help="whose recipe draws --recipes uses")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -75,7 +87,7 @@ def main() -> None:
     task = Task("bench", "fashion_mnist", (0, 1, 2, 3, 4))
     x, y = task_data(task, "train", limit=args.train_limit)
     xt, yt = task_data(task, "test", limit=args.test_limit)
-    data = {"bench": TaskTensors(x, y, xt, yt, task.num_classes)}
+    data = {"bench": TaskTensors(x, y, xt, yt, task.num_classes, task.dataset)}
     kwargs: dict = {"num_classes": task.num_classes}
     if args.arch == "cnn3":
         kwargs["strides"] = [int(s) for s in args.strides.split(",")]
@@ -88,6 +100,9 @@ def main() -> None:
         specs.append(TrainSpec(f"m{i}", "bench", args.arch, kwargs, int(rng.integers(2**31 - 1)),
                                lr, 1e-4, args.batch_size, opt, args.epochs))  # fmt: skip
 
+    if args.recipes:
+        bench_recipes(args, specs, data)
+        return
     # Untimed warm-up: oneDNN builds its kernels for each shape on first use.
     train_models(specs, data, progress=False, workers=args.workers)
     train_plain(specs[0], data["bench"])
@@ -123,6 +138,52 @@ def main() -> None:
     print(f"engine: {flops / t_engine / 1e9:.2f} GFLOP/s (fwd+bwd) vs matmul peak {peak:.1f} GFLOP/s "
           f"({100 * flops / t_engine / 1e9 / peak:.1f}% of peak); plain loop "
           f"{flops / t_plain / 1e9:.2f} GFLOP/s")  # fmt: skip
+
+
+def bench_recipes(args: argparse.Namespace, specs: list[TrainSpec], data: dict[str, TaskTensors]) -> None:
+    """Engine time with the recipe knobs against the original recipe, same models, same run."""
+    from builders.build import load_config, plan_models
+    from builders.tasks import tasks_from_config
+
+    cfg = load_config(args.config)
+    planned = [s for s in plan_models(cfg, tasks_from_config(cfg["tasks"])) if s.architecture == args.arch]
+    knobs = ("schedule", "init", "augment", "label_smoothing", "input_norm")
+    drawn = []
+    for spec, plan in zip(specs, planned):  # the config's draws, in plan order
+        extra = {k: getattr(plan, k) for k in knobs}
+        if plan.optimizer == "adamw":
+            extra.update(optimizer="adamw", lr=plan.lr, weight_decay=plan.weight_decay)
+        drawn.append(dataclasses.replace(spec, **extra))
+    every = [
+        dataclasses.replace(s, schedule="warmup_cosine", init="orthogonal", augment="shift_flip",
+                            label_smoothing=0.1, input_norm="minus_one_one", optimizer="adamw",
+                            lr=0.005, weight_decay=0.01)
+        for s in specs
+    ]  # fmt: skip
+    variants = {"original": specs, f"{cfg['name']} draws": drawn, "every knob": every}
+    for group in variants.values():  # untimed warm-up
+        train_models(group, data, progress=False, workers=args.workers)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    accs: dict[str, float] = {}
+    for _ in range(args.repeats):
+        for name, group in variants.items():
+            t = time.perf_counter()
+            res = train_models(group, data, progress=False, workers=args.workers)
+            times[name].append(time.perf_counter() - t)
+            accs[name] = statistics.mean(r.test_accuracy for r in res)
+    n_drawn = sum(
+        any(getattr(d, k) != getattr(s, k) for k in (*knobs, "optimizer")) for d, s in zip(drawn, specs)
+    )
+    print(f"task: Fashion-MNIST classes 0-4, {data['bench'].x_train.shape[0]} train images; "
+          f"{args.models} × {args.arch}, batch {args.batch_size}, {args.epochs} epochs, "
+          f"{args.threads} thread(s), engine workers {args.workers or args.threads}, "
+          f"{args.repeats} alternating runs each")  # fmt: skip
+    for name, ts in times.items():
+        best = min(ts) / min(times["original"])
+        paired = statistics.median(t / o for t, o in zip(ts, times["original"]))
+        print(f"{name:>22s}: best {min(ts):6.2f} s, {best:.3f}× the original recipe (median of "
+              f"paired runs {paired:.3f}×); mean test accuracy {accs[name]:.4f}")  # fmt: skip
+    print(f"({n_drawn} of {len(drawn)} models drew a knob other than the original recipe's)")
 
 
 if __name__ == "__main__":

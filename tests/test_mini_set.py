@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import modelset
-from modelset.tasks import Task, task_data
+from modelset.tasks import Task, convert_input_norm, task_data
 
 pytestmark = pytest.mark.slow
 
@@ -49,6 +49,8 @@ def test_every_model_reproduces_its_recorded_accuracy(mini_set: modelset.ModelSe
         x, y = task_data(task, "test", limit=int(rows["test_size"].max()))
         for model_id, row in rows.iterrows():
             n = int(row["test_size"])
+            norm = row.get("input_norm")  # variants have none: their parents' standardized inputs
+            inputs = convert_input_norm(x[:n], task.dataset, norm if isinstance(norm, str) else "standard")
             with torch.no_grad():
-                accuracy = int((mini_set.model(model_id)(x[:n]).argmax(1) == y[:n]).sum()) / n
+                accuracy = int((mini_set.model(model_id)(inputs).argmax(1) == y[:n]).sum()) / n
             assert accuracy == pytest.approx(row["test_accuracy"], abs=1e-9), model_id
