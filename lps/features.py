@@ -180,7 +180,8 @@ def layer_statistics(layer: Layer) -> torch.Tensor:
     else:
         bias_stats = torch.zeros(batch, 4)
     zeros = (w == 0).float().mean(1)
-    head = torch.stack([torch.log(rms), w.mean(1) / rms, std / rms, torch.log(kurtosis), zeros], 1)
+    # Kurtosis is at least 1 for any distribution; a constant (e.g. fully pruned) layer has none.
+    head = torch.stack([torch.log(rms), w.mean(1) / rms, std / rms, torch.log(kurtosis.clamp_min(1.0)), zeros], 1)
     return torch.cat([head, quantiles, bias_stats, top], 1)
 
 

@@ -186,3 +186,14 @@ def test_resnet_inner_permutation_keeps_generic_features() -> None:
     b = compute_features(WeightSpace.from_state_dict("resnet_tiny", {"num_classes": 5}, twin_state))
     _assert_same_features(a, b)
     assert a.matrices["stem.gram"].shape == (1, 50, 50) and a.matrices["head.gram"].shape == (1, 5, 5)
+
+
+def test_a_fully_pruned_layer_has_finite_features() -> None:
+    from lps.features import layer_statistics
+    from lps.weights import Layer
+
+    weight = torch.zeros(3, 4, 2, 3, 3)  # three models whose layer STR or GMP pruned away entirely
+    weight[1] = torch.randn(4, 2, 3, 3)
+    stats = layer_statistics(Layer("conv2", weight, torch.zeros(3, 4)))
+    assert torch.isfinite(stats).all()
+    assert stats[0, 4] == 1.0 and stats[1, 4] < 1.0  # the fraction of zeros says what happened
