@@ -287,6 +287,14 @@ def zoo_digest(ms) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _code_digest() -> str:
+    """SHA256 over this package's source: a checkpoint trained by other LPS code is not reused."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def train_cached(
     ms,
     train_ids: Sequence[str],
@@ -299,7 +307,7 @@ def train_cached(
     """:func:`train`, or the checkpoint a previous call with the same inputs saved in ``cache_dir``.
 
     The key covers the set's content (its SHA256SUMS digest), the training ids, the mode, the
-    seed and every keyword, so a checkpoint is reused only for exactly the same fit: ``make lps``
+    seed, every keyword and the LPS source code, so a checkpoint is reused only for exactly the same fit: ``make lps``
     trains one per fold and the benchmark's LPS methods load them instead of training again.
     ``label`` names the checkpoint's folder (default ``fold{seed}``).
     """
@@ -311,7 +319,8 @@ def train_cached(
         raise ModelSetError(f"LPS training: unknown options {unknown}; known {sorted(defaults)}")
     # Every option at its effective value, so that spelling out a default does not change the key.
     config = {k: v for k, v in {**defaults, **kwargs}.items() if k not in ("train_tasks", "train_ids", "mode", "seed", "progress")}
-    payload = {"zoo": zoo_digest(ms), "ids": sorted(map(str, train_ids)), "mode": mode, "seed": int(seed), "config": config}
+    payload = {"zoo": zoo_digest(ms), "ids": sorted(map(str, train_ids)), "mode": mode, "seed": int(seed),
+               "config": config, "code": _code_digest()}
     key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
     folder = Path(cache_dir) / f"{mode}-{label or f'fold{int(seed)}'}-{key}"
     if (folder / "lps.json").exists():
