@@ -20,7 +20,6 @@ written by a worker. No pickle anywhere.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -86,11 +85,13 @@ def check_model_id(model_id: Any) -> str:
 
 def read_header(root: Path) -> dict[str, Any]:
     """Read and validate ``modelset.json``; ``SchemaError`` names the file and the problem."""
+    from modelset._untrusted import read_json
+
     path = root / HEADER_FILE
     try:
-        header = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SchemaError(f"{path}: header is not valid JSON ({exc})") from exc
+        header = read_json(path, "header", root=root)
+    except FileNotFoundError as exc:
+        raise SchemaError(f"{path}: header is missing; the folder is not a complete model set") from exc
     validate_header(header, path)
     return header
 

@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from modelset import _io
+from modelset._untrusted import read_bytes
 from modelset.errors import ChecksumError, ExistsError, LockedError, SchemaError
 from modelset.format import (
     CARD_FILE,
@@ -51,12 +52,18 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+#: Largest SHA256SUMS read: about a million files.
+MAX_SUMS_BYTES = 128 << 20
+
+
 def read_checksums(root: Path) -> dict[str, str]:
     """``{relative path: sha256}`` from SHA256SUMS; ``ChecksumError`` if it is malformed."""
     path = root / CHECKSUMS_FILE
     sums: dict[str, str] = {}
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_bytes(path, "checksum list", MAX_SUMS_BYTES, ChecksumError, root).decode("utf-8")
+    except FileNotFoundError as exc:
+        raise ChecksumError(f"{path}: missing; the set is incomplete or not a model set") from exc
     except UnicodeDecodeError as exc:
         raise ChecksumError(f"{path}: not a text file ({exc})") from exc
     for number, line in enumerate(text.splitlines(), 1):

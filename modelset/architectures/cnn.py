@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from modelset.architectures._registry import register_architecture
+from modelset.architectures._registry import positive_ints, register_architecture
 from modelset.architectures.layers import NSLConv2d, ShapeAdaptor, shape_adaptor_alpha
 
 CONV_KINDS = ("conv", "nsl_full", "nsl_diag", "nsl_dynamic")
@@ -39,6 +39,12 @@ class SmallCNN(nn.Module):
         nsl_hidden: int = 8,
     ) -> None:
         super().__init__()
+        positive_ints("in_channels", in_channels)
+        positive_ints("num_classes", num_classes)
+        positive_ints("nsl_hidden", nsl_hidden)
+        channels, strides = positive_ints("channels", channels), positive_ints("strides", strides)
+        if len(channels) > 64:
+            raise ValueError(f"cnn3 takes at most 64 layers, got {len(channels)}")
         if len(channels) != len(strides):
             raise ValueError(f"channels {channels} and strides {strides} differ in length")
         if conv not in CONV_KINDS:
