@@ -59,6 +59,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise ModelSetError(f"{file}: entries {bad[:5]} are not tensors; expected a plain state_dict")
+    # Refused up front: a NaN or Inf would surface later as a linear-algebra failure.
+    odd = [k for k, v in state.items() if v.layout != torch.strided or v.is_complex() or v.is_meta]
+    if odd:
+        raise InvalidParametersError(f"{file}: tensors {odd[:5]} are sparse, complex or empty placeholders; expected dense real tensors")
+    nonfinite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if nonfinite:
+        raise InvalidParametersError(
+            f"{file}: tensors {nonfinite[:5]} hold NaN or Inf values; LPS compares finite parameters "
+            "only (check the training run that wrote this checkpoint)"
+        )
     if all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
     return {str(k): v for k, v in state.items()}

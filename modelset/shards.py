@@ -19,7 +19,13 @@ from h5py import h5d, h5g, h5o, h5s
 from modelset import _hdf5
 from modelset._untrusted import parse_json, regular_file
 from modelset.architectures import build_architecture, canonical_kwargs
-from modelset.errors import CorruptShardError, InvalidParametersError, ModelSetError, SchemaError, UnsafeFileError
+from modelset.errors import (
+    CorruptShardError,
+    InvalidParametersError,
+    ModelSetError,
+    SchemaError,
+    UnsafeFileError,
+)
 from modelset.format import SCHEMA_VERSION, SHARD_FORMAT_NAME, check_model_id
 
 #: Target bytes of one HDF5 chunk: large enough for fast bulk reads, small enough that reading
