@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import functools
+import io
 import json
 import math
+import os
+import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +19,7 @@ import numpy as np
 import torch
 from h5py import h5d, h5g, h5o, h5s
 
-from modelset import _hdf5
+from modelset import _hdf5, _io
 from modelset._untrusted import parse_json, regular_file
 from modelset.architectures import build_architecture, canonical_kwargs
 from modelset.errors import (
@@ -161,8 +164,34 @@ def check_state_fits(
 def write_shard_file(path: Path, records: Sequence[ModelRecord], shard: str) -> list[dict[str, Any]]:
     """Write ``records`` into a new HDF5 file at ``path``; return their table rows.
 
-    The caller writes to a temporary path and renames it into place (``_io.atomic_path``).
+    The shard is built in memory and written in one go once its size is known and that much disk
+    space is free: HDF5 itself never writes to disk, so a full disk is a ``DiskFullError`` and
+    never a crash inside the HDF5 library. The caller writes to a temporary path and renames it
+    into place (``_io.atomic_path``).
     """
+    image, rows = shard_image(records, shard)
+    write_image(Path(path), image, f"shard {shard!r}")
+    return rows
+
+
+def write_image(path: Path, image: bytes, what: str) -> None:
+    """Write a file image to ``path``; on a full disk, remove the partial file and raise
+    ``DiskFullError`` saying how much space is needed."""
+    _io.check_free(path.parent, len(image), what)
+    try:
+        with open(path, "wb") as handle:
+            handle.write(image)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        if _io.is_disk_full(exc):
+            raise _io.disk_full(exc, path.parent, len(image), what) from exc
+        raise
+
+
+def shard_image(records: Sequence[ModelRecord], shard: str) -> tuple[bytes, list[dict[str, Any]]]:
+    """The bytes of the HDF5 shard holding ``records``, and their table rows."""
     if not records:
         raise SchemaError(f"shard {shard!r}: no models to write")
     seen: set[str] = set()
@@ -177,7 +206,10 @@ def write_shard_file(path: Path, records: Sequence[ModelRecord], shard: str) -> 
         blocks.setdefault(record.signature(), []).append(record)
 
     rows: list[dict[str, Any]] = []
-    with h5py.File(path, "w", libver="latest") as h5:
+    # An in-memory file (HDF5's core driver without a backing store): a unique name, since
+    # engine threads build shards side by side.
+    name = f"modelset-shard-{uuid.uuid4().hex}.h5"
+    with h5py.File(name, "w", driver="core", backing_store=False, libver="latest") as h5:
         h5.attrs["format"] = SHARD_FORMAT_NAME
         h5.attrs["schema_version"] = SCHEMA_VERSION
         h5.attrs["shard"] = shard
@@ -215,7 +247,9 @@ def write_shard_file(path: Path, records: Sequence[ModelRecord], shard: str) -> 
                 )
                 rows.append(row)
         _write_rows(h5, rows)
-    return rows
+        h5.flush()
+        image = h5.id.get_file_image()
+    return image, rows
 
 
 def _json_scalar(value: Any) -> Any:
@@ -231,12 +265,22 @@ def _json_scalar(value: Any) -> Any:
 
 
 def rename_shard(path: Path, shard: str) -> None:
-    """Give a shard written under another name (by a worker) its committed name."""
+    """Give a shard written under another name (by a worker) its committed name.
+
+    Edited in memory and written back whole (see ``write_shard_file``: HDF5 never meets a full disk).
+    """
+    write_image(Path(path), renamed_image(Path(path), shard), f"shard {shard!r}")
+
+
+def renamed_image(path: Path, shard: str) -> bytes:
+    """The bytes of the shard at ``path`` renamed to ``shard`` (its rows checked on the way)."""
     rows = [dict(r, shard=shard) for r in read_shard_rows(path)]
-    with h5py.File(path, "r+") as h5:
+    buffer = io.BytesIO(path.read_bytes())
+    with h5py.File(buffer, "r+") as h5:
         h5.attrs["shard"] = shard
         del h5["rows"]
         _write_rows(h5, rows)
+    return buffer.getvalue()
 
 
 def _write_rows(h5: h5py.File, rows: list[dict[str, Any]]) -> None:
