@@ -22,7 +22,7 @@ MAX_JSON_BYTES = 4 << 20
 #: Deepest nesting of lists and objects accepted in a JSON file.
 MAX_JSON_DEPTH = 64
 #: Most digits of a JSON integer (a count or a size never needs more).
-MAX_INT_DIGITS = 30
+MAX_INT_DIGITS = 40
 #: A table may decode to at most ``TABLE_EXPANSION`` times its size on disk plus ``TABLE_SLACK``.
 TABLE_EXPANSION = 16
 TABLE_SLACK = 64 << 20
