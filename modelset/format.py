@@ -16,6 +16,27 @@ reading one tensor of many models is one contiguous read. Datasets carry HDF5's 
 checksum, so a flipped bit is caught when it is read. Each shard also holds its models' table rows
 as JSON, which makes a shard self-describing: the driver of a distributed build can commit a shard
 written by a worker. No pickle anywhere.
+
+A set is untrusted input, and the reader holds every file to these rules before using it:
+
+- Every file is a regular file reached through real folders (no symbolic links, FIFOs, devices).
+- A shard holds only its own data (``modelset._hdf5``): hard links only, each object linked once;
+  no external links, external storage or virtual datasets; tensors chunked with exactly the
+  Fletcher-32 filter on every chunk, of an IEEE float or standard integer type of the kind the
+  architecture's tensor has (either byte order, read in the native one); ids and rows are 1-D
+  variable-length strings. Any other shard is refused before any of its data is read.
+- Memory is bounded by evidence. A dataset's declared bytes (shape × element size) must be
+  stored in full inside its file, so reading parameters never allocates more than the shard
+  files hold (plus the copy handed to the caller). A Parquet table may decode to at most
+  ``16 × its size on disk + 64 MiB`` of values (rows × columns and leaf values × 8 bytes, plus
+  uncompressed pages, from its footer; text measured while still dictionary-encoded), so the
+  peak memory of ``open`` is a small multiple of the model table's size plus a constant
+  (measured: at most about 4× that budget). JSON files (header, release index, ``lps.json``)
+  are at most 4 MiB (the index 16 MiB), 64 levels deep, with integers of at most 40 digits;
+  ``arch_kwargs`` at most 4096 characters, with sizes from 1 to 2**20.
+- Every refusal is a ``ModelSetError`` (``UnsafeFileError`` for the rules above) naming the file,
+  dataset or field; ``verify`` applies the same rules to every object of every shard, so a set
+  the reader would refuse never verifies, packs or fetches.
 """
 
 from __future__ import annotations
