@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -15,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from modelset._untrusted import read_parquet, regular_file, regular_folder
+from modelset._untrusted import parse_json, read_parquet, regular_file, regular_folder
 from modelset.architectures import build_architecture
 from modelset.errors import (
     InvalidParametersError,
@@ -429,5 +428,5 @@ def _check_finite(
 
 
 def json_column(value: Any) -> Any:
-    """Decode a JSON-string column value (e.g. ``arch_kwargs``)."""
-    return json.loads(value) if isinstance(value, str) and value else value
+    """Decode a JSON-string column value (e.g. ``arch_kwargs``), within the limits of untrusted JSON."""
+    return parse_json(value, "a JSON column of the model table") if isinstance(value, str) and value else value
