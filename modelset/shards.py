@@ -363,6 +363,11 @@ class ShardReader:
         self._tensors.clear()
         self._h5.close()
 
+    def audit(self) -> int:
+        """Check every object of the shard against the closed-shard rules (``_hdf5.check_all``);
+        return the number of datasets checked. ``verify`` runs this on every shard."""
+        return _hdf5.check_all(self._h5.id, self.path, self.size)
+
     def stored(self, block: int, checkpoint: str, what: str = "read") -> list[StoredTensor]:
         """The tensors of ``checkpoint`` in ``block``, opened (no parameters are read)."""
         key = (block, checkpoint)

@@ -9,7 +9,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from modelset import _hdf5, _io
+from modelset import _io
 from modelset._untrusted import set_files
 from modelset.errors import ChecksumError, ModelSetError, NotAModelSetError
 from modelset.format import CHECKSUMS_FILE, SHARDS_DIR, UNCHECKED, shard_index
@@ -64,7 +64,7 @@ def verify(path: str | os.PathLike, checksums: bool = True) -> dict[str, Any]:
                 shard_index(rel)
                 reader = ShardReader(root / rel)
                 try:
-                    _hdf5.check_all(reader._h5.id, reader.path, reader.size)
+                    reader.audit()
                 finally:
                     reader.close()
         _ = ms.tasks, ms.relations
