@@ -167,21 +167,7 @@ def read_parquet(path: Path, what: str, root: Path | None = None):
         schema = pq.read_schema(path)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise SchemaError(f"{path}: {what} cannot be read as a Parquet table ({exc}); run verify") from exc
-    if meta.num_columns > MAX_TABLE_COLUMNS or len(schema) > MAX_TABLE_COLUMNS:
-        raise SchemaError(f"{path}: {what} has {meta.num_columns} columns, more than {MAX_TABLE_COLUMNS}")
-    declared = 0
-    for group in range(meta.num_row_groups):
-        row_group = meta.row_group(group)
-        for column in range(row_group.num_columns):
-            chunk = row_group.column(column)
-            declared += 8 * max(chunk.num_values, 0) + max(chunk.total_uncompressed_size, 0)
-    declared += 8 * max(meta.num_rows, 0) * max(meta.num_columns, 1)
-    if declared > budget:
-        raise UnsafeFileError(
-            f"{path}: {what} declares {meta.num_rows} rows and about {declared} bytes of values, "
-            f"more than {budget} bytes for a {size}-byte file ({TABLE_EXPANSION}× its size + "
-            f"{TABLE_SLACK >> 20} MiB); the table is damaged or crafted. Fetch the set again"
-        )
+    _check_footer(meta, schema, size, path, what)
     strings = []
     for field in schema:
         kind = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
@@ -206,6 +192,38 @@ def read_parquet(path: Path, what: str, root: Path | None = None):
         return table.to_pandas()
     except (pa.ArrowException, OSError, ValueError, TypeError, KeyError, IndexError) as exc:
         raise SchemaError(f"{path}: {what} cannot be read as a Parquet table ({str(exc)[:300]}); run verify") from exc
+
+
+def _check_footer(meta: Any, schema: Any, size: int, path: Path | str, what: str) -> None:
+    """Refuse a table whose footer declares more values than ``table_budget(size)``."""
+    budget = table_budget(size)
+    if meta.num_columns > MAX_TABLE_COLUMNS or len(schema) > MAX_TABLE_COLUMNS:
+        raise SchemaError(f"{path}: {what} has {meta.num_columns} columns, more than {MAX_TABLE_COLUMNS}")
+    declared = 0
+    for group in range(meta.num_row_groups):
+        row_group = meta.row_group(group)
+        for column in range(row_group.num_columns):
+            chunk = row_group.column(column)
+            declared += 8 * max(chunk.num_values, 0) + max(chunk.total_uncompressed_size, 0)
+    declared += 8 * max(meta.num_rows, 0) * max(meta.num_columns, 1)
+    if declared > budget:
+        raise UnsafeFileError(
+            f"{path}: {what} declares {meta.num_rows} rows and about {declared} bytes of values, "
+            f"more than {budget} bytes for a {size}-byte file ({TABLE_EXPANSION}× its size + "
+            f"{TABLE_SLACK >> 20} MiB); the table is damaged or crafted. Fetch the set again"
+        )
+
+
+def check_table_bytes(data: bytes, path: Path, what: str) -> None:
+    """The writer's side of the budget: ``SchemaError`` if a reader would refuse this table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    meta = pq.read_metadata(pa.BufferReader(data))
+    try:
+        _check_footer(meta, meta.schema.to_arrow_schema(), len(data), path, what)
+    except UnsafeFileError as exc:
+        raise SchemaError(f"{exc} (refusing to write a table that readers would refuse)") from None
 
 
 def _has_string_leaf(kind: Any) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from modelset import _io
-from modelset._untrusted import read_bytes
+from modelset._untrusted import check_table_bytes, read_bytes
 from modelset.errors import ChecksumError, ExistsError, LockedError, SchemaError
 from modelset.format import (
     CARD_FILE,
@@ -266,6 +266,7 @@ class ModelSetWriter:
         # Serialised in memory first: the commit point is written in one checked go.
         buffer = io.BytesIO()
         table.to_parquet(buffer, index=False)
+        check_table_bytes(buffer.getvalue(), self.root / MODELS_FILE, "model table")
         _io.write_bytes_atomic(self.root / MODELS_FILE, buffer.getvalue(), "the model table")
         self._table = table
         self._refresh()
@@ -278,6 +279,7 @@ class ModelSetWriter:
         frame.index.name = "task"
         buffer = io.BytesIO()
         frame.to_parquet(buffer, index=True)
+        check_table_bytes(buffer.getvalue(), self.root / TASKS_FILE, "task table")
         _io.write_bytes_atomic(self.root / TASKS_FILE, buffer.getvalue(), "the task table")
         self._refresh()
 

@@ -353,3 +353,11 @@ def test_bad_arch_kwargs_are_schema_errors(base: Path, tmp_path: Path, kwargs: s
                 read()
     with pytest.raises(SchemaError):
         modelset.verify(path)
+
+
+def test_writer_refuses_a_table_readers_would_refuse(tmp_path: Path) -> None:
+    column = pa.DictionaryArray.from_arrays(pa.array(np.zeros(2_000_000, "int32")), pa.array(["x"]))
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({f"c{i}": column for i in range(4)}), sink, compression="zstd", row_group_size=2_000_000)
+    with pytest.raises(SchemaError, match="refusing to write a table that readers would refuse"):
+        _untrusted.check_table_bytes(sink.getvalue().to_pybytes(), tmp_path / "models.parquet", "model table")
