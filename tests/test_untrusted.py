@@ -361,3 +361,21 @@ def test_writer_refuses_a_table_readers_would_refuse(tmp_path: Path) -> None:
     pq.write_table(pa.table({f"c{i}": column for i in range(4)}), sink, compression="zstd", row_group_size=2_000_000)
     with pytest.raises(SchemaError, match="refusing to write a table that readers would refuse"):
         _untrusted.check_table_bytes(sink.getvalue().to_pybytes(), tmp_path / "models.parquet", "model table")
+
+
+def test_tampered_release_never_fetches(base: Path, tmp_path: Path, secret: Path) -> None:
+    """A release whose shard reads another file, with SHA256SUMS and the index recomputed."""
+    from modelset import _io
+    from modelset.release import INDEX_FILE, fetch
+
+    release = pack(base, tmp_path / "dist", archive=False)
+    with h5py.File(release / SHARD, "r+") as h5:
+        replace(h5, TENSOR, shape=(4, 16), dtype="f4", external=[(str(secret), 0, 256)])
+    write_checksums(release, rehash_shards=True)
+    index = json.loads((release / INDEX_FILE).read_text())
+    for entry in index["files"]:
+        entry.update(size=(release / entry["path"]).stat().st_size, sha256=_io.sha256_file(release / entry["path"]))
+    (release / INDEX_FILE).write_text(json.dumps(index))
+    with pytest.raises(UnsafeFileError, match="external storage"):
+        fetch(str(release), tmp_path / "got", retries=0)
+    assert not (tmp_path / "got").exists()

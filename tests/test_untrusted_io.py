@@ -98,7 +98,7 @@ def test_slow_drip_server_hits_the_deadline(release: Path, tmp_path: Path, which
             fetch(f"{server.url}/{release.name}/", tmp_path / "got", retries=2, timeout=5.0, **limits)
         elapsed = time.monotonic() - started
     assert ("per-file deadline" if which == "file" else "whole fetch") in str(info.value)
-    assert elapsed < 6.0, elapsed  # deadline plus local work, never the drip's 20 s
+    assert elapsed < 10.0, elapsed  # deadline plus local work, never the drip's 20 s
     assert not (tmp_path / "got").exists()
     # The files that did arrive are kept: a fetch with time enough resumes.
     with DripServer(release.parent, slow=set()) as server:
@@ -113,7 +113,7 @@ def test_stalled_server_is_cut_at_the_deadline(release: Path, tmp_path: Path) ->
         started = time.monotonic()
         with pytest.raises(FetchTimeoutError):
             fetch(f"{server.url}/{release.name}/", tmp_path / "got", retries=0, timeout=30.0, file_deadline=1.0)
-        assert time.monotonic() - started < 6.0
+        assert time.monotonic() - started < 10.0
 
 
 def test_fetch_cli_takes_deadlines(release: Path, tmp_path: Path, capsys) -> None:
