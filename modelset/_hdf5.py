@@ -35,6 +35,10 @@ ALLOWED_TENSOR_TYPES = {
           h5t.STD_I64LE, h5t.STD_I64BE),  # fmt: skip
     "u": (h5t.STD_U8LE, h5t.STD_U8BE),
 }
+# (HDF5 class, size, byte order) -> (kind, type): one exact comparison per dataset.
+_TYPE_INDEX = {
+    (t.get_class(), t.get_size(), t.get_order()): (kind, t) for kind, types in ALLOWED_TENSOR_TYPES.items() for t in types
+}
 #: Bytes one variable-length string takes in a dataset's own storage (length + heap id).
 VLEN_BYTES = 16
 #: Longest string attribute read (architecture names, format tags).
@@ -103,7 +107,9 @@ def check_tensor(dataset: h5d.DatasetID, path: Path, where: str, file_size: int)
     kind = None
     if problem is None:
         ftype = dataset.get_type()
-        kind = next((k for k, types in ALLOWED_TENSOR_TYPES.items() if any(ftype.equal(t) for t in types)), None)
+        order = ftype.get_order() if hasattr(ftype, "get_order") else None
+        entry = _TYPE_INDEX.get((ftype.get_class(), ftype.get_size(), order))
+        kind = entry[0] if entry is not None and ftype.equal(entry[1]) else None
         if kind is None:
             problem = (
                 f"has type {dataset.dtype} (HDF5 class {ftype.get_class()}, {ftype.get_size()} bytes), not one "
