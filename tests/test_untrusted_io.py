@@ -136,6 +136,23 @@ def test_fifo_in_a_release_folder_does_not_hang(release: Path, tmp_path: Path) -
         fetch(str(served), tmp_path / "got", retries=0)
 
 
+@pytest.mark.parametrize("tail", ['"x": ' + "[" * 100_000 + "]" * 100_000, '"x": ' + "7" * 5000])
+def test_deep_or_huge_number_release_index(release: Path, tmp_path: Path, tail: str) -> None:
+    import shutil
+
+    from modelset.release import ReleaseError
+
+    served = tmp_path / "served"
+    shutil.copytree(release, served)
+    text = (served / INDEX_FILE).read_text().rstrip().rstrip("}") + ", " + tail + "}"
+    (served / INDEX_FILE).write_text(text)
+    with pytest.raises(ReleaseError, match=r"release.json: (JSON is nested more than 64|not valid JSON \(an integer of 5000 digits)"):
+        fetch(str(served), tmp_path / "got", retries=0)
+    with DripServer(served.parent, slow=set()) as server, pytest.raises(ReleaseError, match="release.json"):
+        fetch(f"{server.url}/served/", tmp_path / "got", retries=0)
+    assert not (tmp_path / "got").exists()
+
+
 # -- 5. full disk -------------------------------------------------------------------------
 @pytest.fixture()
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
