@@ -78,3 +78,20 @@ def test_search_refuses_non_finite_checkpoints_up_front(saved: Path, tmp_path: P
     code = main(["search", str(tmp_path / "mine.safetensors"), "--zoo", str(zoo), "--lps", str(saved)])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "NaN or Inf" in err
+
+
+def test_compressed_torch_checkpoint_is_refused_before_loading(tmp_path: Path) -> None:
+    """torch.save stores entries uncompressed; a deflated 400 MB tensor in a small file is a bomb."""
+    import zipfile
+
+    plain = tmp_path / "plain.pt"
+    torch.save({"w": torch.zeros(1000)}, plain)
+    assert set(load_checkpoint(plain)) == {"w"}
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            dst.writestr(info.filename, data + b"\0" * (100 << 20) if info.filename.endswith("/data/0") else data)
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(ModelSetError, match="bomb.pt: its entries .* declare more data than the file holds"):
+        load_checkpoint(bomb)
