@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lps._bank import FeatureBank, bank_from_modelset, bank_from_spaces
 from lps.weights import WeightSpace
+from modelset._untrusted import read_json, regular_file
 from modelset.errors import ModelSetError
 
 log = logging.getLogger(__name__)
@@ -123,6 +125,34 @@ class LPSNet(nn.Module):
     def pair_logits(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Logits ``(P,)`` that embeddings ``a[i]`` and ``b[i]`` are of the same task."""
         return self.logit_scale.exp() * (a * b).sum(1) + self.logit_bias
+
+
+#: Sane limits of a saved scorer's configuration (the tensors file bounds it further).
+MAX_WIDTH = 1 << 14
+MAX_FEATURES = 4096
+
+
+def _check_config(config: dict[str, Any], path: Path) -> tuple[dict[str, list[int]], tuple[int, int, int]]:
+    """``(schema, (dim, proj, hidden))`` of a saved configuration; ``ModelSetError`` names the
+    field that is missing, of the wrong type or beyond the limits above."""
+    schema = config.get("schema")
+    if not isinstance(schema, dict) or len(schema) > MAX_FEATURES:
+        raise ModelSetError(f"{path}: 'schema' must be an object of at most {MAX_FEATURES} features")
+    for key, shape in schema.items():
+        if not key.startswith(("m:", "v:")) or not isinstance(shape, list) or not shape or not all(
+            type(n) is int and 1 <= n <= MAX_WIDTH for n in shape
+        ):
+            raise ModelSetError(
+                f"{path}: schema entry {key!r:.80} must be named 'm:...' or 'v:...' with sizes from 1 to "
+                f"{MAX_WIDTH}, found {shape!r:.80}"
+            )
+    sizes = []
+    for name in ("dim", "proj", "hidden"):
+        value = config.get(name)
+        if type(value) is not int or not 1 <= value <= MAX_WIDTH:
+            raise ModelSetError(f"{path}: {name!r} must be an integer from 1 to {MAX_WIDTH}, found {value!r:.80}")
+        sizes.append(value)
+    return {k: list(v) for k, v in schema.items()}, (sizes[0], sizes[1], sizes[2])
 
 
 class LPS:
@@ -236,17 +266,39 @@ class LPS:
                 raise ModelSetError(
                     f"{p}: missing; an LPS checkpoint folder holds {CONFIG_FILE} and {TENSORS_FILE}"
                 )
+        config = read_json(config_path, "LPS configuration", ModelSetError)
+        if not isinstance(config, dict) or config.get("format") != FORMAT:
+            found = config.get("format") if isinstance(config, dict) else type(config).__name__
+            raise ModelSetError(f"{config_path}: format {found!r}, expected {FORMAT!r}")
+        schema, sizes = _check_config(config, config_path)
         try:
-            config = json.loads(config_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ModelSetError(f"{config_path}: not valid JSON ({exc})") from exc
-        if config.get("format") != FORMAT:
-            raise ModelSetError(f"{config_path}: format {config.get('format')!r}, expected {FORMAT!r}")
-        net = LPSNet(config["schema"], config["dim"], config["proj"], config["hidden"])
+            regular_file(tensor_path, "LPS tensors")
+            # The header alone gives every stored shape: compared with the network the config
+            # describes (built on the meta device, no memory), so a config declaring a huge
+            # network is refused before anything is allocated.
+            with safe_open(str(tensor_path), "pt") as handle:
+                stored = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+        except ModelSetError:
+            raise
+        except Exception as exc:  # safetensors raises its own error types
+            raise ModelSetError(f"{tensor_path}: cannot be read as safetensors ({exc})") from exc
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in LPSNet(schema, *sizes).state_dict().items()}
+        if stored != expected:
+            differ = sorted(k for k in set(stored) | set(expected) if stored.get(k) != expected.get(k))
+            shown = [f"{k}: stored {stored.get(k)}, config implies {expected.get(k)}" for k in differ[:3]]
+            raise ModelSetError(
+                f"{tensor_path}: tensors do not fit the network in {config_path} ({'; '.join(shown)}); "
+                "the two files are from different checkpoints or were changed. Save the scorer again"
+            )
+        net = LPSNet(schema, *sizes)
         try:
             tensors = load_file(str(tensor_path))
         except Exception as exc:  # safetensors raises its own error types
             raise ModelSetError(f"{tensor_path}: cannot be read as safetensors ({exc})") from exc
+        bad = [k for k, v in tensors.items() if not v.is_floating_point() or not bool(torch.isfinite(v).all())]
+        if bad:
+            raise ModelSetError(f"{tensor_path}: tensors {bad[:5]} are not finite floats; the checkpoint is damaged")
         try:
             missing, unexpected = net.load_state_dict(tensors, strict=False)
         except RuntimeError as exc:  # shape mismatches

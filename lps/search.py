@@ -40,6 +40,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         except Exception as exc:  # safetensors has its own error types
             raise ModelSetError(f"{file}: cannot be read as safetensors ({exc})") from exc
     else:
+        _check_torch_archive(file)
         try:
             state = torch.load(file, map_location="cpu", weights_only=True)
         except Exception as exc:  # pickle errors, refused globals, truncated files
@@ -59,9 +60,40 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise ModelSetError(f"{file}: entries {bad[:5]} are not tensors; expected a plain state_dict")
+    # Refused up front: a NaN or Inf would surface later as a linear-algebra failure.
+    odd = [k for k, v in state.items() if v.layout != torch.strided or v.is_complex() or v.is_meta]
+    if odd:
+        raise InvalidParametersError(f"{file}: tensors {odd[:5]} are sparse, complex or empty placeholders; expected dense real tensors")
+    nonfinite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if nonfinite:
+        raise InvalidParametersError(
+            f"{file}: tensors {nonfinite[:5]} hold NaN or Inf values; LPS compares finite parameters "
+            "only (check the training run that wrote this checkpoint)"
+        )
     if all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
     return {str(k): v for k, v in state.items()}
+
+
+def _check_torch_archive(file: Path) -> None:
+    """A torch zip checkpoint may not declare more bytes than it holds: ``torch.save`` stores its
+    entries uncompressed, so a compressed entry (a decompression bomb) is refused before loading."""
+    import zipfile
+
+    if not zipfile.is_zipfile(file):
+        return  # the legacy format: torch's weights-only loader reads it from the file's own bytes
+    try:
+        with zipfile.ZipFile(file) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ModelSetError(f"{file}: not a readable torch checkpoint ({exc})") from exc
+    size = file.stat().st_size
+    packed = [e.filename for e in entries if e.compress_type != zipfile.ZIP_STORED]
+    if packed or sum(e.file_size for e in entries) > size:
+        raise ModelSetError(
+            f"{file}: its entries {packed[:3] or ''} declare more data than the file holds (compressed "
+            "entries, which torch.save never writes); save the checkpoint again with torch.save or as .safetensors"
+        )
 
 
 def match_architecture(ms, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> tuple[str, str]:

@@ -4,15 +4,57 @@ renamed into place only once complete, so a crash never leaves a half-written fi
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 TMP_PREFIX = ".tmp-"
+#: Errors that mean the disk (or the user's quota) is full.
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _human(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def check_free(folder: str | os.PathLike, needed: int, what: str) -> None:
+    """Raise ``DiskFullError`` unless ``folder``'s file system has ``needed`` bytes free."""
+    from modelset.errors import DiskFullError
+
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if needed > free:
+        raise DiskFullError(
+            f"{folder}: {what} needs {_human(needed)} ({needed} bytes) of disk space, only "
+            f"{_human(free)} are free; free some space or write elsewhere (nothing was changed)"
+        )
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in _FULL
+
+
+def disk_full(exc: OSError, folder: str | os.PathLike, needed: int, what: str):
+    """The ``DiskFullError`` for an ``ENOSPC`` met while writing ``needed`` bytes of ``what``."""
+    from modelset.errors import DiskFullError
+
+    return DiskFullError(
+        f"{folder}: the disk filled up while writing {what} ({exc.strerror}); it needs about "
+        f"{_human(needed)} ({needed} bytes) free. Partial files were removed; free some space and run again"
+    )
 
 
 @contextlib.contextmanager
@@ -46,9 +88,18 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, what: str | None = None) -> None:
+    """Write ``data`` to ``path`` atomically; a full disk is ``DiskFullError``, leaving nothing behind."""
+    path = Path(path)
+    what = what or path.name
+    check_free(path.parent, len(data), what)
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(exc, path.parent, len(data), what) from exc
+        raise
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

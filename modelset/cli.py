@@ -79,11 +79,17 @@ def _pack_cli(args: argparse.Namespace) -> int:
     p.add_argument("dest", help="destination folder"),
     p.add_argument("--retries", type=int, default=3),
     p.add_argument("--overwrite", action="store_true", help="replace DEST if it holds something else"),
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds one network read may wait (default 60)"),
+    p.add_argument("--file-deadline", type=float, default=None,
+                   help="seconds all attempts at one file may take (default: timeout + size at 64 KiB/s)"),
+    p.add_argument("--deadline", type=float, default=None,
+                   help="seconds the whole fetch may take (default: the sum of the files' defaults)"),
 ))
 def _fetch_cli(args: argparse.Namespace) -> int:
     from modelset.release import fetch
 
-    dest = fetch(args.url, args.dest, retries=args.retries, overwrite=args.overwrite, progress=True)
+    dest = fetch(args.url, args.dest, retries=args.retries, overwrite=args.overwrite, progress=True,
+                 timeout=args.timeout, deadline=args.deadline, file_deadline=args.file_deadline)  # fmt: skip
     print(f"release fetched and verified into {dest}")
     return 0
 

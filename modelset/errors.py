@@ -23,6 +23,17 @@ class CorruptShardError(ModelSetError):
     """An HDF5 shard cannot be read, or its content is damaged."""
 
 
+class UnsafeFileError(CorruptShardError):
+    """A file of the set could make the reader touch something outside the set or allocate more
+    than the file holds: a link, external storage, a virtual dataset, a non-regular file, a dtype
+    or layout the format does not allow, or a declared size that the bytes on disk do not back.
+    Refused before any of its data is read."""
+
+
+class DiskFullError(ModelSetError):
+    """Not enough free disk space for a write; the message says how much is needed and where."""
+
+
 class MissingModelError(ModelSetError, KeyError):
     """A model id is not in the set, or its rows point at missing data."""
 

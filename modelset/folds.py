@@ -19,7 +19,6 @@ writes them to ``splits/folds.json`` so that anyone reproduces the exact protoco
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from modelset._untrusted import parse_json
 from modelset.errors import SchemaError
 
 FOLDS_FILE = "splits/folds.json"
@@ -185,10 +185,7 @@ def parse_folds(text: str, metadata: pd.DataFrame, where: str) -> list[Split]:
     """
     if len(text) > MAX_FOLDS_BYTES:
         raise SchemaError(f"{where}: {len(text)} bytes, more than the {MAX_FOLDS_BYTES} a fold file may have")
-    try:
-        doc = json.loads(text)
-    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
-        raise SchemaError(f"{where}: not valid JSON ({exc})") from exc
+    doc = parse_json(text, where)
     if not isinstance(doc, dict) or doc.get("schema") != FOLDS_SCHEMA or not isinstance(doc.get("folds"), list):
         raise SchemaError(f"{where}: expected an object with schema {FOLDS_SCHEMA} and a 'folds' list")
     table = _indexed(metadata)

@@ -16,11 +16,32 @@ reading one tensor of many models is one contiguous read. Datasets carry HDF5's 
 checksum, so a flipped bit is caught when it is read. Each shard also holds its models' table rows
 as JSON, which makes a shard self-describing: the driver of a distributed build can commit a shard
 written by a worker. No pickle anywhere.
+
+A set is untrusted input, and the reader holds every file to these rules before using it:
+
+- Every file is a regular file reached through real folders (no symbolic links, FIFOs, devices).
+- A shard holds only its own data (``modelset._hdf5``): hard links only, each object linked once;
+  no external links, external storage or virtual datasets; tensors chunked with exactly the
+  Fletcher-32 filter on every chunk, of an IEEE float or standard integer type of the kind the
+  architecture's tensor has (either byte order, read in the native one); ids and rows are 1-D
+  variable-length strings. Any other shard is refused before any of its data is read.
+- Memory is bounded by evidence. A dataset's declared bytes (shape × element size) must be
+  stored in full inside its file, so reading parameters never allocates more than the shard
+  files hold (plus the copy handed to the caller). A Parquet table may decode to at most
+  ``16 × its size on disk + 64 MiB`` of values (rows × columns and leaf values × 8 bytes, plus
+  uncompressed pages, from its footer; text measured while still dictionary-encoded), so the
+  peak memory of ``open`` is a small multiple of the model table's size plus a constant
+  (measured: a table at the limit, a million rows of four text columns in 11 KB, decodes with
+  a peak of 86 MiB for its 64 MiB budget). JSON files (header, release index, ``lps.json``)
+  are at most 4 MiB (the index 16 MiB), 64 levels deep, with integers of at most 40 digits;
+  ``arch_kwargs`` at most 4096 characters, with sizes from 1 to 2**20.
+- Every refusal is a ``ModelSetError`` (``UnsafeFileError`` for the rules above) naming the file,
+  dataset or field; ``verify`` applies the same rules to every object of every shard, so a set
+  the reader would refuse never verifies, packs or fetches.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -86,11 +107,13 @@ def check_model_id(model_id: Any) -> str:
 
 def read_header(root: Path) -> dict[str, Any]:
     """Read and validate ``modelset.json``; ``SchemaError`` names the file and the problem."""
+    from modelset._untrusted import read_json
+
     path = root / HEADER_FILE
     try:
-        header = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SchemaError(f"{path}: header is not valid JSON ({exc})") from exc
+        header = read_json(path, "header", root=root)
+    except FileNotFoundError as exc:
+        raise SchemaError(f"{path}: header is missing; the folder is not a complete model set") from exc
     validate_header(header, path)
     return header
 

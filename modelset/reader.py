@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -13,9 +12,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow
 import torch
 
+from modelset._untrusted import parse_json, read_bytes, read_parquet, regular_file, regular_folder
 from modelset.architectures import build_architecture
 from modelset.errors import (
     InvalidParametersError,
@@ -41,7 +40,7 @@ from modelset.format import (
     read_header,
     shard_index,
 )
-from modelset.shards import ShardReader, check_state_fits, expected_shapes
+from modelset.shards import ShardReader, check_state_fits, expected_kinds, expected_shapes
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +50,12 @@ def open(path: str | os.PathLike) -> ModelSet:  # noqa: A001 - the API is models
     return ModelSet(path)
 
 
-def _read_parquet(path: Path) -> pd.DataFrame:
+def _read_parquet(path: Path, what: str = "table", root: Path | None = None) -> pd.DataFrame:
+    """A Parquet table of the set, its declared sizes checked first (``_untrusted.read_parquet``)."""
     try:
-        return pd.read_parquet(path)
+        return read_parquet(path, what, root)
     except FileNotFoundError as exc:
         raise SchemaError(f"{path}: missing; the model set is incomplete (run verify)") from exc
-    except (pyarrow.ArrowException, OSError, ValueError) as exc:
-        raise SchemaError(f"{path}: cannot be read as a Parquet table ({exc}); run verify") from exc
 
 
 class ModelSet:
@@ -106,9 +104,9 @@ class ModelSet:
     # -- tables ---------------------------------------------------------------------------
     def _read_models(self) -> pd.DataFrame:
         path = self.root / MODELS_FILE
-        if not path.exists():  # a set whose first shard is not committed yet
+        if not path.exists() and not path.is_symlink():  # a set whose first shard is not committed yet
             return pd.DataFrame(columns=list(REQUIRED_TABLE_COLUMNS)).set_index("model_id")
-        table = _read_parquet(path)
+        table = _read_parquet(path, "model table", self.root)
         missing = [c for c in REQUIRED_TABLE_COLUMNS if c not in table.columns]
         if missing:
             raise SchemaError(f"{path}: model table lacks required columns {missing}")
@@ -135,9 +133,9 @@ class ModelSet:
     @cached_property
     def tasks(self) -> pd.DataFrame:
         path = self.root / TASKS_FILE
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             return pd.DataFrame(index=pd.Index([], name="task"))
-        return _read_parquet(path)
+        return _read_parquet(path, "task table", self.root)
 
     @cached_property
     def relations(self) -> dict[str, pd.DataFrame]:
@@ -145,10 +143,12 @@ class ModelSet:
         out: dict[str, pd.DataFrame] = {}
         if not folder.exists():
             return out
+        regular_folder(folder, self.root)
         for path in sorted(folder.glob("*.csv")):
             try:
+                regular_file(path, "relation matrix", self.root)
                 frame = pd.read_csv(path, index_col=0)
-            except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
                 raise SchemaError(f"{path}: relation matrix cannot be read ({exc})") from exc
             frame.index = frame.index.astype(str)
             frame.columns = frame.columns.astype(str)
@@ -172,14 +172,11 @@ class ModelSet:
             except SchemaError as exc:  # too few tasks or families: the set supports no evaluation
                 log.warning("%s: no task folds (%s)", self.root, exc)
                 return []
-        if not path.is_file() or path.is_symlink():
-            raise SchemaError(f"{path}: expected a regular file")
-        if path.stat().st_size > MAX_FOLDS_BYTES:
-            raise SchemaError(f"{path}: {path.stat().st_size} bytes, more than a fold file may have ({MAX_FOLDS_BYTES})")
+        data = read_bytes(path, "the task fold file", MAX_FOLDS_BYTES, root=self.root)
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SchemaError(f"{path}: cannot be read ({exc})") from exc
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SchemaError(f"{path}: not UTF-8 text ({exc})") from exc
         return parse_folds(text, self.metadata, str(path))
 
     def row(self, model_id: str) -> pd.Series:
@@ -197,8 +194,9 @@ class ModelSet:
         if name not in self._shards:
             shard_index(name)  # a damaged table must not point the reader outside the set
             path = self.root / name
-            if not path.exists():
+            if not path.exists() and not path.is_symlink():
                 raise MissingModelError(f"{path}: shard listed in the model table is missing")
+            regular_file(path, "shard", self.root)  # no links, no FIFOs (``ShardReader`` checks again)
             self._shards[name] = ShardReader(path)
         return self._shards[name]
 
@@ -223,8 +221,9 @@ class ModelSet:
         """Parameters and buffers of one model at one checkpoint."""
         shard, block, index = self._locate(model_id, checkpoint)
         row = self.row(model_id)
-        expected = expected_shapes(str(row["architecture"]), str(row["arch_kwargs"]))
-        arrays = shard.read(block, [index], checkpoint, f"model {model_id!r}", expected)
+        architecture, kwargs_json = str(row["architecture"]), str(row["arch_kwargs"])
+        expected, kinds = expected_shapes(architecture, kwargs_json), expected_kinds(architecture, kwargs_json)
+        arrays = shard.read(block, [index], checkpoint, f"model {model_id!r}", expected, kinds=kinds)
         state = {k: torch.from_numpy(np.asarray(v[0])) for k, v in arrays.items()}
         _check_finite(state, f"model {model_id!r}, checkpoint {checkpoint!r} in {shard.path}")
         return state
@@ -268,12 +267,14 @@ class ModelSet:
                     f"model {mid!r} has no checkpoint {checkpoint!r}; it has {','.join(loc.checkpoint_sets[code])}"
                 )
         architecture, kwargs_json = loc.signatures[signatures[0]]
-        expected = expected_shapes(architecture, kwargs_json)
+        expected, kinds = expected_shapes(architecture, kwargs_json), expected_kinds(architecture, kwargs_json)
         blocks = loc.block[pos]
         order = np.argsort(blocks, kind="stable")
         cuts = np.flatnonzero(np.diff(blocks[order])) + 1
         id_array = np.asarray(ids, dtype=object)
-        out: dict[str, np.ndarray] | None = None
+        # Every block is located and checked before the result is allocated: its size is then
+        # backed by tensors that the shards really store.
+        plan = []
         for rows in np.split(order, cuts):
             shard_name, block = loc.blocks[blocks[rows[0]]]
             shard = self._shard(shard_name)
@@ -289,10 +290,13 @@ class ModelSet:
                     f"{shard.path}: model {ids[rows[bad]]!r} is not at block {block}, index {where[bad]} "
                     "where the table puts it (run verify)"
                 )
+            tensors = shard.checked(block, checkpoint, what, expected, kinds)
+            plan.append((shard, block, where, what, rows, tensors))
+        out: dict[str, np.ndarray] | None = None
+        for shard, block, where, what, rows, tensors in plan:
             if out is None:
-                tensors = shard.checked(block, checkpoint, what, expected)
                 out = {t.name: np.empty((len(ids), *t.shape[1:]), dtype=t.dtype) for t in tensors}
-            shard.read(block, where, checkpoint, what, expected, out=out, rows=rows)
+            shard.read(block, where, checkpoint, what, expected, out=out, rows=rows, kinds=kinds)
         assert out is not None
         tensors = {k: torch.from_numpy(v) for k, v in out.items()}
         _check_finite(tensors, f"checkpoint {checkpoint!r} in {self.root}", ids)
@@ -367,7 +371,8 @@ class ModelSet:
         for name in sorted(names):
             try:
                 shard_index(name)  # never touch files outside the set
-                fd = os.open(self.root / name, os.O_RDONLY)
+                # Never blocks on a FIFO nor follows a link; such a shard is refused when read.
+                fd = os.open(self.root / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             except (SchemaError, OSError):
                 continue  # a bad or missing shard is reported when it is really read
             try:
@@ -452,5 +457,5 @@ def _check_finite(
 
 
 def json_column(value: Any) -> Any:
-    """Decode a JSON-string column value (e.g. ``arch_kwargs``)."""
-    return json.loads(value) if isinstance(value, str) and value else value
+    """Decode a JSON-string column value (e.g. ``arch_kwargs``), within the limits of untrusted JSON."""
+    return parse_json(value, "a JSON column of the model table") if isinstance(value, str) and value else value

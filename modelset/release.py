@@ -15,20 +15,24 @@ hashes are validated before anything is written.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import hashlib
-import json
 import logging
 import os
 import re
 import shutil
 import tarfile
+import threading
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from modelset import _io
-from modelset.errors import ChecksumError, ExistsError, ModelSetError
+from modelset._untrusted import parse_json, read_json, regular_file
+from modelset.errors import ChecksumError, ExistsError, LockedError, ModelSetError, UnsafeFileError
 from modelset.format import CHECKSUMS_FILE, HEADER_FILE, LOCK_FILE, RELEASE_INDEX_FILE, read_header
 
 __all__ = ["INDEX_FILE", "fetch", "pack", "read_index", "validate_index"]
@@ -43,6 +47,8 @@ MAX_INDEX_BYTES = 16 << 20
 #: Largest file and release a fetch accepts unless told otherwise (guards against huge declared sizes).
 MAX_FILE_BYTES = 1 << 40
 MAX_FILES = 1_000_000
+#: Slowest transfer rate (bytes/s) the default fetch deadlines allow.
+MIN_RATE = 64 << 10
 #: A release path: relative, '/'-separated, no empty, hidden, '.' or '..' components.
 _PATH_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -71,11 +77,36 @@ def pack(path: str | os.PathLike, out: str | os.PathLike, archive: bool = True, 
     """
     root = Path(path)
     lock = _hold_write_lock(root)  # no builder may change the set while it is verified and copied
+    out_lock = None
     try:
+        out_lock = _hold_out_lock(Path(out))
         return _pack_locked(root, Path(out), archive, check)
     finally:
-        if lock is not None:
-            os.close(lock)
+        for fd in (lock, out_lock):
+            if fd is not None:
+                os.close(fd)
+
+
+PACK_LOCK = ".pack.lock"
+
+
+def _hold_out_lock(out: Path) -> int:
+    """Lock ``out`` for this pack, then remove what a killed pack left there (its staging folder
+    and archive temporaries): with the lock held, no other pack is writing them."""
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / PACK_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise LockedError(f"{out}: another pack is writing into this folder ({out / PACK_LOCK} is held); wait for it") from exc
+    for stale in sorted(out.glob(f"{_io.TMP_PREFIX}*")):
+        log.warning("removing %s left by an interrupted pack", stale)
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
+    return fd
 
 
 def _hold_write_lock(root: Path) -> int | None:
@@ -110,40 +141,61 @@ def _pack_locked(root: Path, out: Path, archive: bool, check: bool) -> Path:
     if target.exists():
         read_index(target / INDEX_FILE)  # an existing release with this content hash is this release
         log.info("release %s exists already", target)
-    else:
+    files = [*sorted(sums), CHECKSUMS_FILE]
+    sizes = sum((root / rel).stat().st_size for rel in files)
+    tar_path = out_dir / f"{name}.tar"
+    # What this pack writes: the folder's copies and index, the archive (512-byte headers and padding).
+    needed = (0 if target.exists() else sizes + (64 << 10) * 1 + 256 * len(files))
+    needed += 0 if not archive or tar_path.exists() else sizes + 2048 * (len(files) + 8)
+    _io.check_free(out_dir, needed, f"packing {name}")
+    if not target.exists():
         staging = out_dir / f"{_io.TMP_PREFIX}{name}"
-        if staging.exists():
-            shutil.rmtree(staging)
-        entries = []
-        for rel in [*sorted(sums), CHECKSUMS_FILE]:
-            src, dst = root / rel, staging / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
-            digest = _io.sha256_file(dst)  # hash the copy: the index describes what was written
-            if rel in sums and digest != sums[rel]:
-                raise ChecksumError(f"{src}: sha256 changed while packing ({sums[rel]} -> {digest})")
-            entries.append({"path": rel, "size": dst.stat().st_size, "sha256": digest})
-        index = {
-            "format": RELEASE_FORMAT,
-            "release_version": RELEASE_VERSION,
-            "name": str(header["name"]),
-            "release": name,
-            "schema_version": header["schema_version"],
-            "models": int(header.get("counts", {}).get("models", 0)),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "total_bytes": sum(e["size"] for e in entries),
-            "files": entries,
-        }
-        _io.write_json_atomic(staging / INDEX_FILE, index)
-        os.replace(staging, target)
-        log.info("packed %d files (%d bytes) into %s", len(entries), index["total_bytes"], target)
-    if archive:
-        tar_path = out_dir / f"{name}.tar"
-        if not tar_path.exists():
+        try:
+            _copy_release(root, staging, target, files, sums, header, name)
+        except BaseException as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            if _io.is_disk_full(exc):
+                raise _io.disk_full(exc, out_dir, needed, f"release {name}") from exc
+            raise
+    if archive and not tar_path.exists():
+        try:
             with _io.atomic_path(tar_path) as tmp:
                 _write_tar(tmp, target, name)
-            log.info("archived %s", tar_path)
+        except OSError as exc:
+            if _io.is_disk_full(exc):
+                raise _io.disk_full(exc, out_dir, needed, f"archive {tar_path.name}") from exc
+            raise
+        log.info("archived %s", tar_path)
     return target
+
+
+def _copy_release(
+    root: Path, staging: Path, target: Path, files: list[str], sums: dict[str, str], header: dict[str, Any], name: str
+) -> None:
+    """Copy the set's files into ``staging`` with their index, then rename it onto ``target``."""
+    entries = []
+    for rel in files:
+        src, dst = root / rel, staging / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        digest = _io.sha256_file(dst)  # hash the copy: the index describes what was written
+        if rel in sums and digest != sums[rel]:
+            raise ChecksumError(f"{src}: sha256 changed while packing ({sums[rel]} -> {digest})")
+        entries.append({"path": rel, "size": dst.stat().st_size, "sha256": digest})
+    index = {
+        "format": RELEASE_FORMAT,
+        "release_version": RELEASE_VERSION,
+        "name": str(header["name"]),
+        "release": name,
+        "schema_version": header["schema_version"],
+        "models": int(header.get("counts", {}).get("models", 0)),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "total_bytes": sum(e["size"] for e in entries),
+        "files": entries,
+    }
+    _io.write_json_atomic(staging / INDEX_FILE, index)
+    os.replace(staging, target)
+    log.info("packed %d files (%d bytes) into %s", len(entries), index["total_bytes"], target)
 
 
 def _write_tar(tar_path: Path, folder: Path, arcname: str) -> None:
@@ -232,10 +284,8 @@ def _check_release_path(rel: Any, where: str) -> str:
 def read_index(path: Path) -> dict[str, Any]:
     """Read and validate a local ``release.json``."""
     try:
-        if path.stat().st_size > MAX_INDEX_BYTES:
-            raise ReleaseError(f"{path}: release index is larger than {MAX_INDEX_BYTES} bytes")
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        index = read_json(path, "release index", ReleaseError, MAX_INDEX_BYTES)
+    except OSError as exc:
         raise ReleaseError(f"{path}: cannot read the release index ({exc})") from exc
     validate_index(index, str(path))
     return index
@@ -246,44 +296,96 @@ class _TooLarge(Exception):
     """Not a ``ValueError``: pooch must not retry a download that is larger than declared."""
 
 
-class _CappedDownloader:
-    """A pooch downloader (HTTP(S) via requests, or file://) that stops past ``limit`` bytes."""
+class _PastDeadline(Exception):
+    """A download ran past its deadline (not retried: the deadline covers every attempt)."""
 
-    def __init__(self, limit: int, timeout: float) -> None:
+
+class FetchTimeoutError(ReleaseError):
+    """A download did not finish within its deadline (per file or for the whole release)."""
+
+
+class _CappedDownloader:
+    """A pooch downloader (HTTP(S) via requests, or file://) that stops past ``limit`` bytes or
+    past ``deadline`` (a ``time.monotonic()`` value)."""
+
+    def __init__(self, limit: int, timeout: float, deadline: float | None = None) -> None:
         self.limit = limit
         self.timeout = timeout
+        self.deadline = deadline
 
     def __call__(self, url: str, output_file: Any, pooch: Any = None, check_only: bool = False) -> Any:
         # pooch hands over a temporary path in the staging folder and renames it once hashed.
         with open(output_file, "wb") as out:
-            for block in _stream(url, self.limit, self.timeout):
+            for block in _stream(url, self.limit, self.timeout, self.deadline):
                 out.write(block)
 
 
-def _stream(url: str, limit: int, timeout: float):
-    """Yield the bytes at ``url`` in blocks; ``_TooLarge`` once more than ``limit`` arrive."""
+def _stream(url: str, limit: int, timeout: float, deadline: float | None = None):
+    """Yield the bytes at ``url`` in blocks; ``_TooLarge`` once more than ``limit`` arrive,
+    ``_PastDeadline`` once ``deadline`` (monotonic seconds) passes.
+
+    The deadline is checked after every read, and a read blocked past it is cut off by closing
+    the socket's read side, so a server that sends one byte at a time cannot keep a fetch alive.
+    """
     received = 0
+
+    def over_deadline() -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            raise _PastDeadline(f"{url}: not complete by its deadline ({received} bytes received)")
+
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme == "file":
-        with open(urllib.parse.unquote(parsed.path), "rb") as handle:
+        path = Path(urllib.parse.unquote(parsed.path))
+        try:
+            regular_file(path, "release file")  # a FIFO would block the read forever
+        except UnsafeFileError as exc:
+            raise OSError(str(exc)) from exc
+        with open(path, "rb") as handle:
             while block := handle.read(1 << 20):
                 received += len(block)
                 if received > limit:
                     raise _TooLarge(f"{url}: more than {limit} bytes")
+                over_deadline()
                 yield block
         return
     import requests
 
-    with requests.get(url, stream=True, timeout=timeout) as response:
+    over_deadline()
+    read_timeout = timeout if deadline is None else max(0.01, min(timeout, deadline - time.monotonic()))
+    with requests.get(url, stream=True, timeout=(timeout, read_timeout)) as response:
         response.raise_for_status()
         declared = response.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _TooLarge(f"{url}: server declares {declared} bytes, expected at most {limit}")
-        for block in response.iter_content(chunk_size=1 << 20):
-            received += len(block)
-            if received > limit:
-                raise _TooLarge(f"{url}: more than {limit} bytes")
-            yield block
+        watchdog = None
+        if deadline is not None:
+            watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _cut, (response.raw,))
+            watchdog.daemon = True
+            watchdog.start()
+        try:
+            while True:
+                try:
+                    block = response.raw.read1(1 << 20, decode_content=True)
+                except Exception:
+                    over_deadline()  # a read cut off by the watchdog is a deadline, not a network error
+                    raise
+                if not block:
+                    break
+                received += len(block)
+                if received > limit:
+                    raise _TooLarge(f"{url}: more than {limit} bytes")
+                over_deadline()
+                yield block
+            over_deadline()
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+
+
+def _cut(raw: Any) -> None:
+    """Unblock a read stuck past the deadline (urllib3 shuts the socket's read side down)."""
+    with contextlib.suppress(Exception):
+        raw.shutdown()
 
 
 def _split_url(url: str) -> tuple[str, str]:
@@ -299,24 +401,26 @@ def _split_url(url: str) -> tuple[str, str]:
     return base, base + INDEX_FILE
 
 
-def _download_index(index_url: str, timeout: float, retries: int) -> dict[str, Any]:
+def _download_index(index_url: str, timeout: float, retries: int, deadline: float | None = None) -> dict[str, Any]:
     import requests
 
     last: Exception | None = None
     for _attempt in range(retries + 1):
         try:
-            data = b"".join(_stream(index_url, MAX_INDEX_BYTES, timeout))
+            data = b"".join(_stream(index_url, MAX_INDEX_BYTES, timeout, deadline))
             break
         except _TooLarge as exc:
             raise ReleaseError(f"{index_url}: release index is larger than {MAX_INDEX_BYTES} bytes") from exc
+        except _PastDeadline as exc:
+            raise FetchTimeoutError(
+                f"{index_url}: the release index did not arrive within the fetch deadline ({exc}); "
+                "check the URL and the connection, or raise the deadline (--deadline)"
+            ) from exc
         except (requests.RequestException, OSError) as exc:
             last = exc
     else:
         raise ReleaseError(f"{index_url}: cannot download the release index ({last})") from last
-    try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ReleaseError(f"{index_url}: release index is not valid JSON ({exc})") from exc
+    return parse_json(data, index_url, ReleaseError)
 
 
 def _staging_for(dest: Path) -> Path:
@@ -336,6 +440,9 @@ def fetch(
     check: bool = True,
     max_bytes: int = MAX_FILE_BYTES,
     progress: bool = False,
+    deadline: float | None = None,
+    file_deadline: float | None = None,
+    min_rate: float = MIN_RATE,
 ) -> Path:
     """Download the release at ``url`` (its folder URL or ``release.json`` URL) into ``dest``.
 
@@ -343,6 +450,11 @@ def fetch(
     ``retries`` times; files a previous interrupted fetch completed are kept. ``dest`` appears only
     once the whole set is downloaded and verified (``check`` also runs ``modelset.verify``).
     Returns ``dest``. Raises ``ReleaseError``/``ChecksumError`` (``ModelSetError``) on any problem.
+
+    No download can hang: ``timeout`` bounds each network read, ``file_deadline`` (seconds) all
+    attempts at one file, and ``deadline`` (seconds) the whole fetch. Unset deadlines allow
+    ``timeout`` plus the declared size at ``min_rate`` bytes per second, per file and summed for the
+    release. Past a deadline: ``FetchTimeoutError``; completed files are kept for the next fetch.
     """
     import pooch
     import requests
@@ -351,10 +463,15 @@ def fetch(
     from modelset.verify import verify
 
     dest = Path(dest).absolute()
+    start = time.monotonic()
+    allowance = _allowance(MAX_INDEX_BYTES, timeout, min_rate)
     base, index_url = _split_url(url)
-    index = _download_index(index_url, timeout, retries)
+    index = _download_index(index_url, timeout, retries, start + (allowance if deadline is None else deadline))
     entries = validate_index(index, index_url, max_bytes=max_bytes)
     total = sum(e["size"] for e in entries)
+    if deadline is None:
+        deadline = allowance + sum(_allowance(e["size"], timeout, min_rate) for e in entries)
+    release_end = start + deadline
     dest.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(dest.parent).free
     if total > free:
@@ -388,7 +505,7 @@ def fetch(
                 kept += 1
             else:
                 try:
-                    _fetch_one(store, rel, entry, base, timeout, pooch, requests)
+                    _fetch_one(store, rel, entry, base, timeout, pooch, requests, release_end, file_deadline, min_rate)
                 except ModelSetError as exc:  # go on: a later fetch then resumes with only the failures
                     failures.append(exc)
             bar.update(entry["size"])
@@ -399,7 +516,7 @@ def fetch(
         for entry in order:
             if entry["path"] != HEADER_FILE and not _file_ok(staging / entry["path"], entry):
                 raise ChecksumError(f"{staging / entry['path']}: size or sha256 differs from the index after download")
-        _fetch_one(store, HEADER_FILE, header_entry, base, timeout, pooch, requests)
+        _fetch_one(store, HEADER_FILE, header_entry, base, timeout, pooch, requests, release_end, file_deadline, min_rate)
         bar.update(header_entry["size"])
     if not _file_ok(staging / HEADER_FILE, header_entry):
         raise ChecksumError(f"{staging / HEADER_FILE}: size or sha256 differs from the index after download")
@@ -433,18 +550,47 @@ def _clean_staging(staging: Path, wanted: set[str]) -> None:
                 path.unlink()
 
 
-def _fetch_one(store: Any, rel: str, entry: dict[str, Any], base: str, timeout: float, pooch: Any, requests: Any) -> None:
-    downloader = _CappedDownloader(entry["size"], timeout)
+def _allowance(size: int, timeout: float, min_rate: float) -> float:
+    """Seconds a file of ``size`` bytes may take by default: one timeout plus its size at ``min_rate``."""
+    return timeout + size / max(min_rate, 1.0)
+
+
+def _fetch_one(
+    store: Any,
+    rel: str,
+    entry: dict[str, Any],
+    base: str,
+    timeout: float,
+    pooch: Any,
+    requests: Any,
+    release_end: float | None = None,
+    file_deadline: float | None = None,
+    min_rate: float = MIN_RATE,
+) -> None:
+    seconds = _allowance(entry["size"], timeout, min_rate) if file_deadline is None else file_deadline
+    end = time.monotonic() + seconds
+    which = f"its per-file deadline of {seconds:.0f} s (--file-deadline)"
+    if release_end is not None and release_end < end:
+        end, which = release_end, "the deadline of the whole fetch (--deadline)"
+    downloader = _CappedDownloader(entry["size"], timeout, end)
     try:
         store.fetch(rel, downloader=downloader)
     except _TooLarge as exc:
         raise ChecksumError(f"{base}{rel}: download is larger than the {entry['size']} bytes the index declares ({exc})") from exc
+    except _PastDeadline as exc:
+        raise FetchTimeoutError(
+            f"{base}{rel}: the download of {entry['size']} bytes did not finish within {which}; the "
+            "server is too slow or stalls. Run fetch again to resume (complete files are kept), or "
+            "allow more time"
+        ) from exc
     except ValueError as exc:  # pooch: hash mismatch after every retry
         raise ChecksumError(
             f"{base}{rel}: sha256 differs from the index after {store.retry_if_failed + 1} attempts "
             f"(expected {entry['sha256']}); the server copy is damaged"
         ) from exc
     except (requests.RequestException, OSError) as exc:
+        if _io.is_disk_full(exc):
+            raise _io.disk_full(exc, store.path, entry["size"], f"{rel} of the release") from exc
         raise ReleaseError(f"{base}{rel}: download failed ({exc}); run fetch again to resume") from exc
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import functools
+import io
 import json
 import math
+import os
+import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,8 +19,16 @@ import numpy as np
 import torch
 from h5py import h5d, h5g, h5o, h5s
 
+from modelset import _hdf5, _io
+from modelset._untrusted import parse_json, regular_file
 from modelset.architectures import build_architecture, canonical_kwargs
-from modelset.errors import CorruptShardError, InvalidParametersError, ModelSetError, SchemaError
+from modelset.errors import (
+    CorruptShardError,
+    InvalidParametersError,
+    ModelSetError,
+    SchemaError,
+    UnsafeFileError,
+)
 from modelset.format import SCHEMA_VERSION, SHARD_FORMAT_NAME, check_model_id
 
 #: Target bytes of one HDF5 chunk: large enough for fast bulk reads, small enough that reading
@@ -56,31 +67,72 @@ def validate_record(record: ModelRecord) -> None:
     mid = record.model_id
     if "final" not in record.checkpoints:
         raise SchemaError(f"model {mid!r}: checkpoints {sorted(record.checkpoints)} lack 'final'")
-    expected = expected_shapes(record.architecture, canonical_kwargs(record.arch_kwargs))
+    kwargs_json = canonical_kwargs(record.arch_kwargs)
+    expected, kinds = expected_shapes(record.architecture, kwargs_json), expected_kinds(record.architecture, kwargs_json)
     for ckpt, state in record.checkpoints.items():
+        if not isinstance(ckpt, str) or not ckpt or "/" in ckpt or ckpt in (".", ".."):
+            raise SchemaError(f"model {mid!r}: invalid checkpoint name {ckpt!r}")
         check_state_fits(f"model {mid!r}, checkpoint {ckpt!r}", state, expected, record.architecture)
         for key, tensor in state.items():
+            if tensor.dtype not in ALLOWED_DTYPES or ALLOWED_DTYPES[tensor.dtype] != kinds[key]:
+                raise InvalidParametersError(
+                    f"model {mid!r}, checkpoint {ckpt!r}: tensor {key!r} has dtype {tensor.dtype}; the "
+                    f"architecture's tensor is of kind {kinds[key]!r} and the format stores "
+                    f"{', '.join(str(d) for d in ALLOWED_DTYPES)} (cast it first)"
+                )
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise InvalidParametersError(
                     f"model {mid!r}, checkpoint {ckpt!r}: tensor {key!r} has NaN or Inf values"
                 )
 
 
+#: Tensor dtypes a shard may store, with their numpy kind (the reader's allow-list, ``_hdf5``).
+ALLOWED_DTYPES = {
+    torch.float16: "f", torch.float32: "f", torch.float64: "f",
+    torch.int8: "i", torch.int16: "i", torch.int32: "i", torch.int64: "i", torch.uint8: "u",
+}  # fmt: skip
+
+#: Longest ``arch_kwargs`` JSON accepted: a signature is a handful of numbers and names.
+MAX_ARCH_KWARGS_CHARS = 4096
+
+
 @functools.lru_cache(maxsize=256)
+def _spec(architecture: str, kwargs_json: str) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    if len(kwargs_json) > MAX_ARCH_KWARGS_CHARS:
+        raise SchemaError(
+            f"architecture {architecture!r}: arch_kwargs of {len(kwargs_json)} characters, more than "
+            f"the limit of {MAX_ARCH_KWARGS_CHARS}"
+        )
+    kwargs = parse_json(kwargs_json or "{}", f"arch_kwargs of architecture {architecture!r}")
+    if not isinstance(kwargs, dict):
+        raise SchemaError(f"arch_kwargs of architecture {architecture!r} must be a JSON object, found {kwargs_json[:200]}")
+    try:
+        with torch.device("meta"):
+            module = build_architecture(architecture, kwargs)
+    except ModelSetError:
+        raise
+    except (ValueError, TypeError, RuntimeError, NotImplementedError, AttributeError, ArithmeticError,
+            RecursionError, MemoryError, IndexError, KeyError) as exc:  # fmt: skip
+        raise SchemaError(f"architecture {architecture!r} cannot be built from {kwargs_json[:200]}: {exc}") from exc
+    state = module.state_dict()
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    kinds = {k: ALLOWED_DTYPES.get(v.dtype, str(v.dtype)) for k, v in state.items()}
+    return shapes, kinds
+
+
 def expected_shapes(architecture: str, kwargs_json: str) -> dict[str, tuple[int, ...]]:
     """State-dict shapes of an architecture signature (cached: building a module costs time).
 
     Built on the meta device: the arguments come from a table that may be damaged, and a huge
-    declared width must not allocate memory. Bad arguments raise ``SchemaError``.
+    declared width must not allocate memory. Bad arguments (unknown keys, values the architecture
+    refuses, JSON nested too deep or with huge numbers) raise ``SchemaError``.
     """
-    try:
-        with torch.device("meta"):
-            module = build_architecture(architecture, kwargs_json)
-    except (ValueError, TypeError, RuntimeError, NotImplementedError, AttributeError, OverflowError) as exc:
-        if isinstance(exc, ModelSetError):
-            raise
-        raise SchemaError(f"architecture {architecture!r} cannot be built from {kwargs_json[:200]}: {exc}") from exc
-    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    return _spec(architecture, kwargs_json)[0]
+
+
+def expected_kinds(architecture: str, kwargs_json: str) -> dict[str, str]:
+    """Numpy kind of each state-dict tensor ('f' float, 'i' signed, 'u' unsigned) of a signature."""
+    return _spec(architecture, kwargs_json)[1]
 
 
 def check_state_fits(
@@ -112,8 +164,34 @@ def check_state_fits(
 def write_shard_file(path: Path, records: Sequence[ModelRecord], shard: str) -> list[dict[str, Any]]:
     """Write ``records`` into a new HDF5 file at ``path``; return their table rows.
 
-    The caller writes to a temporary path and renames it into place (``_io.atomic_path``).
+    The shard is built in memory and written in one go once its size is known and that much disk
+    space is free: HDF5 itself never writes to disk, so a full disk is a ``DiskFullError`` and
+    never a crash inside the HDF5 library. The caller writes to a temporary path and renames it
+    into place (``_io.atomic_path``).
     """
+    image, rows = shard_image(records, shard)
+    write_image(Path(path), image, f"shard {shard!r}")
+    return rows
+
+
+def write_image(path: Path, image: bytes, what: str) -> None:
+    """Write a file image to ``path``; on a full disk, remove the partial file and raise
+    ``DiskFullError`` saying how much space is needed."""
+    _io.check_free(path.parent, len(image), what)
+    try:
+        with open(path, "wb") as handle:
+            handle.write(image)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        if _io.is_disk_full(exc):
+            raise _io.disk_full(exc, path.parent, len(image), what) from exc
+        raise
+
+
+def shard_image(records: Sequence[ModelRecord], shard: str) -> tuple[bytes, list[dict[str, Any]]]:
+    """The bytes of the HDF5 shard holding ``records``, and their table rows."""
     if not records:
         raise SchemaError(f"shard {shard!r}: no models to write")
     seen: set[str] = set()
@@ -128,7 +206,10 @@ def write_shard_file(path: Path, records: Sequence[ModelRecord], shard: str) -> 
         blocks.setdefault(record.signature(), []).append(record)
 
     rows: list[dict[str, Any]] = []
-    with h5py.File(path, "w", libver="latest") as h5:
+    # An in-memory file (HDF5's core driver without a backing store): a unique name, since
+    # engine threads build shards side by side.
+    name = f"modelset-shard-{uuid.uuid4().hex}.h5"
+    with h5py.File(name, "w", driver="core", backing_store=False, libver="latest") as h5:
         h5.attrs["format"] = SHARD_FORMAT_NAME
         h5.attrs["schema_version"] = SCHEMA_VERSION
         h5.attrs["shard"] = shard
@@ -166,7 +247,9 @@ def write_shard_file(path: Path, records: Sequence[ModelRecord], shard: str) -> 
                 )
                 rows.append(row)
         _write_rows(h5, rows)
-    return rows
+        h5.flush()
+        image = h5.id.get_file_image()
+    return image, rows
 
 
 def _json_scalar(value: Any) -> Any:
@@ -182,12 +265,22 @@ def _json_scalar(value: Any) -> Any:
 
 
 def rename_shard(path: Path, shard: str) -> None:
-    """Give a shard written under another name (by a worker) its committed name."""
+    """Give a shard written under another name (by a worker) its committed name.
+
+    Edited in memory and written back whole (see ``write_shard_file``: HDF5 never meets a full disk).
+    """
+    write_image(Path(path), renamed_image(Path(path), shard), f"shard {shard!r}")
+
+
+def renamed_image(path: Path, shard: str) -> bytes:
+    """The bytes of the shard at ``path`` renamed to ``shard`` (its rows checked on the way)."""
     rows = [dict(r, shard=shard) for r in read_shard_rows(path)]
-    with h5py.File(path, "r+") as h5:
+    buffer = io.BytesIO(path.read_bytes())
+    with h5py.File(buffer, "r+") as h5:
         h5.attrs["shard"] = shard
         del h5["rows"]
         _write_rows(h5, rows)
+    return buffer.getvalue()
 
 
 def _write_rows(h5: h5py.File, rows: list[dict[str, Any]]) -> None:
@@ -197,13 +290,27 @@ def _write_rows(h5: h5py.File, rows: list[dict[str, Any]]) -> None:
 
 def read_shard_rows(path: Path) -> list[dict[str, Any]]:
     """The table rows stored in a shard (for committing a worker's shard)."""
+    reader = ShardReader(Path(path))
     try:
-        with h5py.File(path, "r") as h5:
-            if h5.attrs.get("format") != SHARD_FORMAT_NAME:
-                raise CorruptShardError(f"{path}: not a model set shard (format attribute missing)")
-            return [json.loads(s) for s in h5["rows"].asstr()[()]]
-    except (OSError, KeyError, ValueError) as exc:
-        raise CorruptShardError(f"{path}: shard cannot be read ({exc})") from exc
+        h5 = reader._h5
+        try:
+            dataset = h5o.open(h5.id, b"rows")
+        except _H5_ERRORS as exc:
+            raise CorruptShardError(f"{path}: shard has no rows dataset ({exc})") from exc
+        if not isinstance(dataset, h5d.DatasetID):
+            raise CorruptShardError(f"{path}: 'rows' is not a dataset")
+        _hdf5.check_strings(dataset, reader.path, "dataset 'rows'", reader.size)
+        try:
+            texts = h5["rows"].asstr()[()]
+        except (KeyError, OSError, ValueError, TypeError, UnicodeDecodeError) as exc:
+            raise CorruptShardError(f"{path}: shard cannot be read ({exc})") from exc
+        rows = [parse_json(text, f"{path}: rows[{i}]", CorruptShardError) for i, text in enumerate(texts)]
+        bad = next((i for i, row in enumerate(rows) if not isinstance(row, dict)), None)
+        if bad is not None:
+            raise CorruptShardError(f"{path}: rows[{bad}] is not a JSON object")
+        return rows
+    finally:
+        reader.close()
 
 
 class StoredTensor(NamedTuple):
@@ -229,11 +336,22 @@ class ShardReader:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # A link or FIFO is refused before HDF5 opens it (a FIFO would block open forever).
+        try:
+            self.size = regular_file(path, "shard")
+        except FileNotFoundError as exc:
+            raise CorruptShardError(f"{path}: shard is missing; run verify") from exc
         try:
             self._h5 = h5py.File(path, "r")
         except (OSError, ValueError) as exc:
             raise CorruptShardError(f"{path}: shard cannot be opened ({exc}); run verify") from exc
-        if self._h5.attrs.get("format") != SHARD_FORMAT_NAME:
+        try:
+            _hdf5.check_links(self._h5.id, path)
+            fmt = _hdf5.string_attr(self._h5.id, "format", path, "the file's")
+        except BaseException:
+            self._h5.close()
+            raise
+        if fmt != SHARD_FORMAT_NAME:
             self._h5.close()
             raise CorruptShardError(f"{path}: not a model set shard (format attribute missing)")
         # Committed shards never change: ids and checked layouts are read once.
@@ -244,6 +362,11 @@ class ShardReader:
     def close(self) -> None:
         self._tensors.clear()
         self._h5.close()
+
+    def audit(self) -> int:
+        """Check every object of the shard against the closed-shard rules (``_hdf5.check_all``);
+        return the number of datasets checked. ``verify`` runs this on every shard."""
+        return _hdf5.check_all(self._h5.id, self.path, self.size)
 
     def stored(self, block: int, checkpoint: str, what: str = "read") -> list[StoredTensor]:
         """The tensors of ``checkpoint`` in ``block``, opened (no parameters are read)."""
@@ -265,7 +388,11 @@ class ShardReader:
                 dataset = h5o.open(group, name)
                 if not isinstance(dataset, h5d.DatasetID):
                     raise TypeError(f"{name.decode(errors='replace')!r} is not a tensor")
-                tensors.append(StoredTensor(name.decode(), dataset, tuple(dataset.shape), dataset.dtype))
+                where = f"{what}: block {block}, checkpoint {checkpoint!r}, tensor {name.decode(errors='replace')!r}"
+                dtype = _hdf5.check_tensor(dataset, self.path, where, self.size)
+                tensors.append(StoredTensor(name.decode(), dataset, tuple(dataset.shape), dtype))
+        except UnsafeFileError:
+            raise
         except _H5_ERRORS as exc:
             raise CorruptShardError(
                 f"{self.path}: {what}: block {block}, checkpoint {checkpoint!r} cannot be listed ({exc})"
@@ -274,9 +401,15 @@ class ShardReader:
         return tensors
 
     def checked(
-        self, block: int, checkpoint: str, what: str, expected: Mapping[str, tuple[int, ...]]
+        self,
+        block: int,
+        checkpoint: str,
+        what: str,
+        expected: Mapping[str, tuple[int, ...]],
+        kinds: Mapping[str, str] | None = None,
     ) -> list[StoredTensor]:
-        """``stored``, after checking keys, shapes and dtypes against the architecture's."""
+        """``stored``, after checking keys, shapes and dtypes against the architecture's
+        (``kinds``: numpy kind of each tensor, see ``expected_kinds``)."""
         tensors = self.stored(block, checkpoint, what)
         if (block, checkpoint) in self._checked:
             return tensors
@@ -300,8 +433,11 @@ class ShardReader:
                 raise CorruptShardError(
                     f"{where}: tensor {key!r} holds {shape[0]} models, but the block lists {n_models}"
                 )
-            if dtype.kind not in "fiub":
-                raise CorruptShardError(f"{where}: tensor {key!r} has non-numeric dtype {dtype}")
+            if dtype.kind not in "fiu" or (kinds is not None and kinds.get(key, dtype.kind) != dtype.kind):
+                want_kind = {"f": "floats", "i": "integers", "u": "unsigned integers"}.get((kinds or {}).get(key, ""), "numbers")
+                raise CorruptShardError(
+                    f"{where}: tensor {key!r} is stored as {dtype}, but the architecture's tensor holds {want_kind} (run verify)"
+                )
         self._checked.add((block, checkpoint))
         return tensors
 
@@ -309,10 +445,18 @@ class ShardReader:
         if block in self._ids:
             return self._ids[block]
         try:
-            self._ids[block] = list(self._h5[f"blocks/{block:05d}/model_ids"].asstr()[()])
-            return self._ids[block]
-        except (KeyError, OSError, ValueError) as exc:
+            dataset = h5o.open(self._h5.id, f"blocks/{block:05d}/model_ids".encode())
+        except _H5_ERRORS as exc:
             raise CorruptShardError(f"{self.path}: block {block} has no readable model ids ({exc})") from exc
+        if not isinstance(dataset, h5d.DatasetID):
+            raise CorruptShardError(f"{self.path}: block {block}: model_ids is not a dataset")
+        _hdf5.check_strings(dataset, self.path, f"block {block}: model_ids", self.size)
+        try:
+            ids = self._h5[f"blocks/{block:05d}/model_ids"].asstr()[()]
+        except (KeyError, OSError, ValueError, TypeError, UnicodeDecodeError) as exc:
+            raise CorruptShardError(f"{self.path}: block {block} has no readable model ids ({exc})") from exc
+        self._ids[block] = list(ids)
+        return self._ids[block]
 
     def shapes(self, block: int, checkpoint: str = "final") -> dict[str, tuple[int, ...]]:
         return {t.name: t.shape[1:] for t in self.stored(block, checkpoint, "shapes")}
@@ -329,6 +473,7 @@ class ShardReader:
         expected: Mapping[str, tuple[int, ...]] | None = None,
         out: dict[str, np.ndarray] | None = None,
         rows: Sequence[int] | None = None,
+        kinds: Mapping[str, str] | None = None,
     ) -> dict[str, np.ndarray]:
         """Tensors of the models at ``indices`` of ``block``: ``{key: (len(indices), *shape)}``.
 
@@ -340,7 +485,7 @@ class ShardReader:
         huge datasets never allocates them.
         """
         if expected is not None:
-            tensors = self.checked(block, checkpoint, what, expected)
+            tensors = self.checked(block, checkpoint, what, expected, kinds)
         else:
             tensors = self.stored(block, checkpoint, what)
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)

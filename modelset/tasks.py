@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from modelset._untrusted import parse_json
 from modelset.datasets import dataset_info, load_tensors
 from modelset.domains import apply_domain, get_domain
 from modelset.errors import SchemaError
@@ -73,9 +74,9 @@ class Task:
             return cls(
                 task_id=str(task_id),
                 dataset=str(row["dataset"]),
-                classes=tuple(json.loads(classes) if isinstance(classes, str) else classes),
+                classes=tuple(parse_json(classes, f"task {task_id!r} classes") if isinstance(classes, str) else classes),
                 domain=str(row.get("domain") or "identity"),
-                domain_kwargs=json.loads(kwargs) if isinstance(kwargs, str) else dict(kwargs),
+                domain_kwargs=parse_json(kwargs, f"task {task_id!r} domain_kwargs") if isinstance(kwargs, str) else dict(kwargs),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise SchemaError(f"task {task_id!r}: bad task row {dict(row)}: {exc}") from exc

@@ -10,9 +10,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from modelset import _io
+from modelset._untrusted import set_files
 from modelset.errors import ChecksumError, ModelSetError, NotAModelSetError
-from modelset.format import CHECKSUMS_FILE, UNCHECKED
-from modelset.shards import check_state_fits, expected_shapes
+from modelset.format import CHECKSUMS_FILE, SHARDS_DIR, UNCHECKED, shard_index
+from modelset.shards import ShardReader, check_state_fits, expected_shapes
 from modelset.writer import read_checksums
 
 log = logging.getLogger(__name__)
@@ -24,9 +25,8 @@ def verify_checksums(root: Path) -> int:
         raise ChecksumError(f"{root}: no {CHECKSUMS_FILE}; the set is incomplete or not a model set")
     sums = read_checksums(root)
     present = {
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.is_file() and p.name not in UNCHECKED and not p.name.startswith(_io.TMP_PREFIX)
+        rel for rel in set_files(root)
+        if Path(rel).name not in UNCHECKED and not Path(rel).name.startswith(_io.TMP_PREFIX)
     }
     missing = sorted(set(sums) - present)
     if missing:
@@ -58,6 +58,15 @@ def verify(path: str | os.PathLike, checksums: bool = True) -> dict[str, Any]:
     files = verify_checksums(root) if checksums else 0
     ms = ModelSet(root)
     try:
+        # The closed-shard rules over every object of every shard, used or not (``_hdf5``).
+        for rel in set_files(root):
+            if rel.startswith(f"{SHARDS_DIR}/") and not Path(rel).name.startswith(_io.TMP_PREFIX):
+                shard_index(rel)
+                reader = ShardReader(root / rel)
+                try:
+                    reader.audit()
+                finally:
+                    reader.close()
         _ = ms.tasks, ms.relations, ms.folds  # the folds must name the set's models, each task held out once
         table = ms.metadata
         task_ids = set(ms.tasks.index.astype(str)) if len(ms.tasks) else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import fcntl
+import io
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from modelset import _io
+from modelset._untrusted import check_table_bytes, read_bytes
 from modelset.errors import ChecksumError, ExistsError, LockedError, SchemaError
 from modelset.folds import FOLDS_FILE, FoldConfig, Split, folds_document, parse_folds
 from modelset.format import (
@@ -42,7 +44,7 @@ from modelset.format import (
     shard_index,
     shard_name,
 )
-from modelset.shards import ModelRecord, read_shard_rows, rename_shard, write_shard_file
+from modelset.shards import ModelRecord, read_shard_rows, renamed_image, write_image, write_shard_file
 
 __all__ = ["ModelRecord", "ModelSetWriter", "read_checksums", "write_checksums"]
 
@@ -53,12 +55,18 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+#: Largest SHA256SUMS read: about a million files.
+MAX_SUMS_BYTES = 128 << 20
+
+
 def read_checksums(root: Path) -> dict[str, str]:
     """``{relative path: sha256}`` from SHA256SUMS; ``ChecksumError`` if it is malformed."""
     path = root / CHECKSUMS_FILE
     sums: dict[str, str] = {}
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_bytes(path, "checksum list", MAX_SUMS_BYTES, ChecksumError, root).decode("utf-8")
+    except FileNotFoundError as exc:
+        raise ChecksumError(f"{path}: missing; the set is incomplete or not a model set") from exc
     except UnicodeDecodeError as exc:
         raise ChecksumError(f"{path}: not a text file ({exc})") from exc
     for number, line in enumerate(text.splitlines(), 1):
@@ -229,7 +237,7 @@ class ModelSetWriter:
         target = self.root / name
         with _io.atomic_path(target) as tmp:
             write_shard_file(tmp, records, name)
-        self._commit(name)
+        self._commit_or_remove(name)
         return name
 
     def commit_shard_file(self, path: str | os.PathLike) -> str:
@@ -240,17 +248,28 @@ class ModelSetWriter:
             raise SchemaError(f"{path}: models {dupes[:5]} are already in {self.root}")
         name = self._next_shard()
         with _io.atomic_path(self.root / name) as tmp:
-            shutil.copyfile(path, tmp)
-            rename_shard(tmp, name)
-        self._commit(name)
+            write_image(tmp, renamed_image(Path(path), name), f"shard {name!r}")
+        self._commit_or_remove(name)
         return name
+
+    def _commit_or_remove(self, name: str) -> None:
+        """Commit shard ``name``; if that fails (a full disk), the uncommitted shard is removed."""
+        try:
+            self._commit(name)
+        except BaseException:
+            if not len(self._table) or name not in set(self._table["shard"]):  # the table never listed it
+                (self.root / name).unlink(missing_ok=True)
+            raise
 
     def _commit(self, name: str) -> None:
         rows = read_shard_rows(self.root / name)
         new = pd.DataFrame(rows)
         table = pd.concat([self._table, new], ignore_index=True) if len(self._table) else new
-        with _io.atomic_path(self.root / MODELS_FILE) as tmp:
-            table.to_parquet(tmp, index=False)
+        # Serialised in memory first: the commit point is written in one checked go.
+        buffer = io.BytesIO()
+        table.to_parquet(buffer, index=False)
+        check_table_bytes(buffer.getvalue(), self.root / MODELS_FILE, "model table")
+        _io.write_bytes_atomic(self.root / MODELS_FILE, buffer.getvalue(), "the model table")
         self._table = table
         self._refresh()
         log.info("committed %s (%d models, %d in the set)", name, len(new), len(table))
@@ -260,8 +279,10 @@ class ModelSetWriter:
         frame = tasks.copy()
         frame.index = frame.index.astype(str)
         frame.index.name = "task"
-        with _io.atomic_path(self.root / TASKS_FILE) as tmp:
-            frame.to_parquet(tmp, index=True)
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=True)
+        check_table_bytes(buffer.getvalue(), self.root / TASKS_FILE, "task table")
+        _io.write_bytes_atomic(self.root / TASKS_FILE, buffer.getvalue(), "the task table")
         self._refresh()
 
     def set_relation(self, name: str, matrix: pd.DataFrame) -> None:
@@ -270,8 +291,8 @@ class ModelSetWriter:
             raise SchemaError(f"relation name {name!r} must be letters, digits and '_'")
         if list(matrix.index) != list(matrix.columns):
             raise SchemaError(f"relation {name!r}: rows and columns must be the same task ids")
-        with _io.atomic_path(self.root / RELATIONS_DIR / f"{name}.csv") as tmp:
-            matrix.to_csv(tmp, index=True, index_label="task", float_format="%.9g")
+        text = matrix.to_csv(index=True, index_label="task", float_format="%.9g")
+        _io.write_text_atomic(self.root / RELATIONS_DIR / f"{name}.csv", text)
         self._refresh()
 
     def set_folds(self, folds: Sequence[Split], config: FoldConfig) -> None:

@@ -69,7 +69,10 @@ def test_tampered_folds_are_refused_by_name(with_folds: Path, change, message: s
 
 def test_folds_that_are_not_json_or_too_deep_are_refused(with_folds: Path) -> None:
     (with_folds / FOLDS_FILE).write_text("[" * 100_000)
-    with pytest.raises(SchemaError, match="not valid JSON"):
+    with pytest.raises(SchemaError, match="not valid JSON|nested more than 64 levels"):
+        _ = modelset.open(with_folds).folds
+    (with_folds / FOLDS_FILE).write_text("{not json")
+    with pytest.raises(SchemaError, match="not valid JSON|nested more than 64 levels"):
         _ = modelset.open(with_folds).folds
 
 

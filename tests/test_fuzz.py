@@ -26,7 +26,7 @@ from modelset.synthetic import write_synthetic
 from modelset.writer import write_checksums
 
 CASES: Counter[str] = Counter()
-# 20 examples per property by default (120 cases, CI); MODELSET_FUZZ_EXAMPLES=500 for a campaign.
+# 20 examples per property by default (160 cases, CI); MODELSET_FUZZ_EXAMPLES=500 for a campaign.
 FUZZ = settings(
     max_examples=int(os.environ.get("MODELSET_FUZZ_EXAMPLES", "20")),
     deadline=10_000,  # a hang shows up as a deadline failure
@@ -237,6 +237,179 @@ def test_relation_files(base: Path, text: str) -> None:
         path = Path(folder) / "set"
         shutil.copytree(base, path)
         (path / "relations/same_task.csv").write_text(text)
+        write_checksums(path)
+        exercise(path)
+
+
+# -- HDF5-level tampering: links, external storage, virtual datasets, types, layouts, sizes ---
+SECRET = np.full(4096, 7.25, dtype="<f4")  # what a crafted shard tries to smuggle in as parameters
+H5_OPS = ["external", "external-relative", "external-link", "soft-link", "hard-link", "virtual", "virtual-missing",
+          "big-endian", "float16", "float64", "int32", "odd-float", "contiguous", "compact", "no-checksum", "gzip",
+          "shuffle", "unwritten", "huge-declared", "ids-int", "ids-huge", "ids-gzip", "extra-link"]  # fmt: skip
+TENSORS = ["conv1.weight", "conv1.bias", "conv2.weight", "conv3.bias", "head.weight", "head.bias"]
+
+
+def _tamper(h5: h5py.File, op: str, name: str, secret: Path, rows: int) -> None:
+    data = h5[name][()]
+    block = name.split("/checkpoints/")[0]
+
+    def swap(**kwargs) -> None:
+        del h5[name]
+        h5.create_dataset(name, **kwargs)
+
+    if op in ("external", "external-relative"):
+        target = str(secret) if op == "external" else secret.name
+        swap(shape=data.shape, dtype="f4", external=[(target, 0, data.size * 4)])
+    elif op == "external-link":
+        del h5[name]
+        h5[name] = h5py.ExternalLink(str(secret.with_suffix(".h5")), "/x")
+    elif op == "soft-link":
+        del h5[name]
+        h5[name] = h5py.SoftLink("/" + name.replace("/final/", "/init/") if "/final/" in name else "/rows")
+    elif op == "hard-link":
+        other = name.replace("/final/", "/init/") if "/final/" in name else name.replace("/init/", "/final/")
+        del h5[name]
+        h5[name] = h5[other]
+    elif op in ("virtual", "virtual-missing"):
+        source = secret.with_suffix(".h5") if op == "virtual" else secret.with_name("missing.h5")
+        layout = h5py.VirtualLayout(shape=data.shape, dtype="f4")
+        layout[:] = h5py.VirtualSource(str(source), "x", shape=data.shape)
+        del h5[name]
+        h5.create_virtual_dataset(name, layout, fillvalue=0)
+    elif op in ("big-endian", "float16", "float64", "int32"):
+        dtype = {"big-endian": ">f4", "float16": "<f2", "float64": "<f8", "int32": "<i4"}[op]
+        swap(data=data.astype(dtype), chunks=data.shape, fletcher32=True)
+    elif op == "odd-float":
+        ftype = h5py.h5t.IEEE_F32LE.copy()
+        ftype.set_fields(31, 21, 10, 0, 21)
+        ftype.set_ebias(511)
+        del h5[name]
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_chunk(data.shape)
+        dcpl.set_fletcher32()
+        h5py.h5d.create(h5.id, name.encode(), ftype, h5py.h5s.create_simple(data.shape), dcpl=dcpl).write(
+            h5py.h5s.ALL, h5py.h5s.ALL, data)
+    elif op == "contiguous":
+        swap(data=data)
+    elif op == "compact":
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_layout(h5py.h5d.COMPACT)
+        del h5[name]
+        h5py.h5d.create(h5.id, name.encode(), h5py.h5t.IEEE_F32LE, h5py.h5s.create_simple(data.shape), dcpl=dcpl).write(
+            h5py.h5s.ALL, h5py.h5s.ALL, data)
+    elif op == "no-checksum":
+        swap(data=data, chunks=data.shape)
+    elif op in ("gzip", "shuffle"):
+        swap(data=data, chunks=data.shape, fletcher32=True, compression="gzip" if op == "gzip" else None,
+             shuffle=op == "shuffle")  # fmt: skip
+    elif op == "unwritten":
+        swap(shape=data.shape, dtype="f4", chunks=(1, *data.shape[1:]), fletcher32=True)
+        h5[name][0] = data[0]
+    elif op == "huge-declared":
+        swap(shape=(rows, 1 << 20, *data.shape[1:]), dtype="f4", chunks=(1, 1 << 10, *data.shape[1:]), fletcher32=True)
+    elif op == "ids-int":
+        del h5[f"{block}/model_ids"]
+        h5[f"{block}/model_ids"] = np.arange(rows)
+    elif op == "ids-huge":
+        del h5[f"{block}/model_ids"]
+        h5.create_dataset(f"{block}/model_ids", shape=(1 << 26,), dtype=h5py.string_dtype(), chunks=(1 << 16,))
+    elif op == "ids-gzip":
+        ids = h5[f"{block}/model_ids"].asstr()[()]
+        del h5[f"{block}/model_ids"]
+        h5.create_dataset(f"{block}/model_ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype(),
+                          compression="gzip")  # fmt: skip
+    elif op == "extra-link":
+        h5["blocks/extra"] = h5py.ExternalLink(str(secret.with_suffix(".h5")), "/x")
+
+
+def _read_all(path: Path) -> dict[str, np.ndarray] | None:
+    """Every tensor of every model (both checkpoints), or ``None`` if the reader refused."""
+    try:
+        with modelset.open(path) as ms:
+            ids = list(ms.metadata.index)
+            return {f"{c}/{k}": v.numpy() for c in ("init", "final") for k, v in ms.stacked(ids, c).items()}
+    except ModelSetError as exc:
+        assert str(exc)
+        return None
+
+
+@FUZZ
+@given(op=st.sampled_from(H5_OPS), tensor=st.sampled_from(TENSORS), checkpoint=st.sampled_from(["init", "final"]),
+       shard=st.sampled_from(["shards/shard-00000.h5", "shards/shard-00001.h5"]))  # fmt: skip
+def test_hdf5_tampering(base: Path, op: str, tensor: str, checkpoint: str, shard: str) -> None:
+    """Whatever is done to a shard at the HDF5 level, with checksums recomputed: the reader either
+    refuses it with a ``ModelSetError`` or returns the original values (converted to the native
+    order and to what the file stores); it never returns another file's bytes; and ``verify``
+    passes only sets the reader reads."""
+    CASES["hdf5"] += 1
+    with tempfile.TemporaryDirectory() as folder:
+        sandbox = Path(folder)
+        secret = sandbox / "secret.bin"
+        secret.write_bytes(SECRET.tobytes())
+        with h5py.File(secret.with_suffix(".h5"), "w") as h5:
+            h5["x"] = np.full((4, 16), 7.25, dtype="f4")
+        path = sandbox / "set"
+        shutil.copytree(base, path)
+        original = _read_all(path)
+        assert original is not None
+        with h5py.File(path / shard, "r+") as h5:
+            _tamper(h5, op, f"blocks/00000/checkpoints/{checkpoint}/{tensor}", secret, 4)
+        write_checksums(path, rehash_shards=True)
+        cwd = os.getcwd()
+        os.chdir(sandbox)  # a relative external path would resolve here, next to the secret
+        try:
+            got = _read_all(path)
+            try:
+                modelset.verify(path)
+                verified = True
+            except ModelSetError as exc:
+                assert str(exc)
+                verified = False
+        finally:
+            os.chdir(cwd)
+        assert got is not None or not verified, f"{op}: verify passed a set the reader refuses"
+        if got is not None:
+            assert op in ("big-endian", "float16", "float64", "shuffle"), f"{op} was not refused"
+            for key, value in got.items():
+                assert value.dtype.isnative
+                tolerance = 2e-3 if op == "float16" else 0
+                np.testing.assert_allclose(value, original[key], rtol=tolerance, atol=tolerance, err_msg=f"{op} {key}")
+
+
+# -- declared sizes in tables and JSON ----------------------------------------------------
+@settings(FUZZ, deadline=30_000)  # a million-row table within budget is decoded and verified: seconds
+@given(target=st.sampled_from(["modelset.json", "models.parquet", "tasks.parquet"]),
+       kind=st.sampled_from(["deep", "big-int", "many-rows", "long-text"]),
+       amount=st.integers(1, 6))  # fmt: skip
+def test_declared_sizes(base: Path, target: str, kind: str, amount: int) -> None:
+    """JSON nested ``10**amount``-deep or with ``10**amount``-digit numbers, tables declaring up to
+    ten million rows or gigabytes of repeated text in a few KB: refused or read within budget."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    CASES["sizes"] += 1
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "set"
+        shutil.copytree(base, path)
+        if target.endswith(".json"):
+            header = json.loads((path / target).read_text())
+            n = 10**amount
+            if kind in ("deep", "many-rows"):
+                text = json.dumps(header)[:-1] + ', "extra": ' + "[" * n + "]" * n + "}"
+            else:
+                text = json.dumps(header)[:-1] + ', "extra": 1' + "0" * n + "}"
+            (path / target).write_text(text)
+        else:
+            rows = 10 ** (amount + 1)
+            text = "x" if kind != "long-text" else "y" * 4096
+            column = pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, "int32")), pa.array([text]))
+            table = pq.read_table(path / target)
+            extra = {name: column for name in table.column_names} if kind in ("many-rows", "long-text") else {}
+            if extra:
+                pq.write_table(pa.table(extra), path / target, compression="zstd", row_group_size=rows,
+                               store_schema=False)  # fmt: skip
+            else:
+                pq.write_table(table, path / target)
         write_checksums(path)
         exercise(path)
 

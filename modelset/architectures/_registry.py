@@ -37,6 +37,21 @@ def register_architecture(name: str) -> Callable[[Callable[..., torch.nn.Module]
     return wrap
 
 
+#: Largest width, class count or stride an architecture accepts from a table (a sane format limit;
+#: the shards' sizes bound the real tensors further).
+MAX_SIZE = 1 << 20
+
+
+def positive_ints(name: str, values: Any, length: int | None = None) -> tuple[int, ...]:
+    """``values`` (an int or a list of ints) as a tuple, each in ``1..MAX_SIZE``; ``ValueError`` if not."""
+    items = list(values) if isinstance(values, (list, tuple)) else [values]
+    if length is not None and len(items) != length:
+        raise ValueError(f"{name} needs {length} values, got {len(items)}")
+    if not items or any(type(v) is not int or not 1 <= v <= MAX_SIZE for v in items):
+        raise ValueError(f"{name} must be integers from 1 to {MAX_SIZE}, got {values!r:.200}")
+    return tuple(items)
+
+
 def list_architectures() -> list[str]:
     """Names of every registered architecture, sorted."""
     return sorted(_ARCHITECTURES)

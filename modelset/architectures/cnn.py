@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from modelset.architectures._registry import register_architecture
+from modelset.architectures._registry import positive_ints, register_architecture
 from modelset.architectures.layers import NSLConv2d, ShapeAdaptor, shape_adaptor_alpha
 
 CONV_KINDS = ("conv", "nsl_full", "nsl_diag", "nsl_dynamic_full", "nsl_dynamic_diag", "nsl_dynamic")
@@ -42,6 +42,12 @@ class SmallCNN(nn.Module):
         sa_output_scale: float = 0.5,
     ) -> None:
         super().__init__()
+        positive_ints("in_channels", in_channels)
+        positive_ints("num_classes", num_classes)
+        positive_ints("nsl_hidden", nsl_hidden)
+        channels, strides = positive_ints("channels", channels), positive_ints("strides", strides)
+        if len(channels) > 64:
+            raise ValueError(f"cnn3 takes at most 64 layers, got {len(channels)}")
         if len(channels) != len(strides):
             raise ValueError(f"channels {channels} and strides {strides} differ in length")
         if conv not in CONV_KINDS:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from modelset.architectures._registry import register_architecture
+from modelset.architectures._registry import positive_ints, register_architecture
 
 
 @register_architecture("resnet_tiny")
@@ -25,9 +25,12 @@ def resnet_tiny(
     """Narrow timm ResNet (BasicBlock ×1 per stage, 4 stages) for small grey images."""
     from timm.models.resnet import BasicBlock, ResNet  # timm is heavy: import on first use
 
-    channels = tuple(int(c) for c in channels)
-    if len(channels) != 4:
-        raise ValueError(f"resnet_tiny needs 4 stage widths (timm's ResNet has 4), got {channels}")
+    if not isinstance(channels, (list, tuple)) or len(channels) != 4:
+        raise ValueError(f"resnet_tiny needs 4 stage widths (timm's ResNet has 4), got {channels!r:.200}")
+    channels = positive_ints("channels", [int(c) if isinstance(c, float) and c.is_integer() else c for c in channels], 4)
+    positive_ints("in_channels", in_channels)
+    positive_ints("num_classes", num_classes)
+    positive_ints("stem_width", stem_width)
     return ResNet(
         BasicBlock,
         [1, 1, 1, 1],
