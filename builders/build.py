@@ -493,7 +493,7 @@ def _build_text(cfg: Mapping[str, Any], tasks: Sequence[Task], specs: Sequence[T
         "all models of a shard; numerically the same as one-model-at-a-time training). "
         f"Each task uses the first {data_cfg.get('train_limit', 'all')} training images of its "
         f"classes and the first {data_cfg.get('test_limit', 'all')} test images. Per model, drawn "
-        f"from its own seeded stream and recorded in the model table: {recipes} SGD has momentum "
+        f"from its own seeded stream and recorded in the model table. {recipes} SGD has momentum "
         "0.9; Adam and SGD use L2 weight decay, AdamW decoupled decay. Schedules: `cosine` decays "
         "to 0, `warmup_cosine` after a linear warm-up over the first 10% of steps, `step` divides "
         "the rate by 10 at 50% and 75% of the steps. `init` re-draws convolution and linear "

@@ -299,8 +299,8 @@ class _Batches:
 
 
 def augment_images(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-    """Shift and flip each image: ``x`` ``(N, C, H, W)``, ``shifts`` ``(N, 2)`` (rows, columns),
-    ``flips`` ``(N,)`` bool → ``(N, C, H, W)``.
+    """Shift and flip each image: ``x`` ``(N, C, H, W)``, ``shifts`` ``(N, 2)`` (rows, columns)
+    in ``[-SHIFT_PIXELS, SHIFT_PIXELS]``, ``flips`` ``(N,)`` bool → ``(N, C, H, W)``.
 
     Output pixel ``(i, j)`` is input pixel ``(i + dy, j + dx)`` clamped to the image (edge
     padding), then mirrored left-right where ``flips``: torchvision's ``RandomCrop`` with
@@ -308,11 +308,24 @@ def augment_images(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor) -
     result does not depend on the input normalization.
     """
     n, c, h, w = x.shape
-    rows = (torch.arange(h, device=x.device) + shifts[:, :1].to(x.device)).clamp_(0, h - 1)  # (N, H)
-    cols = (torch.arange(w, device=x.device) + shifts[:, 1:].to(x.device)).clamp_(0, w - 1)  # (N, W)
-    cols = torch.where(flips.to(x.device).unsqueeze(1), cols.flip(1), cols)
-    pixels = (rows.unsqueeze(2) * w + cols.unsqueeze(1)).view(n, 1, h * w).expand(n, c, h * w)
-    return x.reshape(n, c, h * w).gather(2, pixels).view(n, c, h, w)
+    span = 2 * SHIFT_PIXELS + 1
+    shifts, flips = shifts.to(x.device), flips.to(x.device)
+    code = ((shifts[:, 0] + SHIFT_PIXELS) * span + shifts[:, 1] + SHIFT_PIXELS) * 2 + flips.long()
+    # One row of source pixels per (shift, flip): a lookup, not index arithmetic per image.
+    pixels = _pixel_maps(h, w, x.device).index_select(0, code)  # (N, H*W)
+    return x.reshape(n, c, h * w).gather(2, pixels.unsqueeze(1).expand(n, c, h * w)).view(n, c, h, w)
+
+
+@functools.lru_cache(maxsize=8)
+def _pixel_maps(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """Source pixel of every output pixel for each (row shift, column shift, flip), in the order
+    of ``augment_images``'s codes: ``(span * span * 2, H * W)`` int64."""
+    p = SHIFT_PIXELS
+    rows = (torch.arange(h).view(1, h, 1) + torch.arange(-p, p + 1).view(-1, 1, 1)).clamp(0, h - 1)
+    cols = (torch.arange(w).view(1, 1, w) + torch.arange(-p, p + 1).view(-1, 1, 1)).clamp(0, w - 1)
+    cols = torch.stack([cols, cols.flip(-1)], 1)  # (span, 2, 1, W): unflipped, flipped
+    maps = rows.view(-1, 1, 1, h, 1) * w + cols.unsqueeze(0)  # (span, span, 2, H, W)
+    return maps.reshape(-1, h * w).to(device)
 
 
 def smoothed_cross_entropy(
