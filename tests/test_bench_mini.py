@@ -65,3 +65,20 @@ def test_controls_on_the_mini_set(mini: modelset.ModelSet, tmp_path: Path) -> No
     # The mini set has measured transfer affinities and label overlaps: those tracks run.
     statuses = {(r.track, r.status) for r in results if r.method == "random"}
     assert ("transfer", "ok") in statuses and ("task_relations", "ok") in statuses
+
+
+def test_data_methods_feed_each_model_its_own_input_norm(mini: modelset.ModelSet) -> None:
+    import torch
+
+    from benchmarks.methods._probes import model_inputs
+    from modelset.tasks import convert_input_norm
+
+    table = mini.metadata
+    outside = table.index[table["input_norm"].fillna("standard") != "standard"]
+    standard = table.index[table["input_norm"].fillna("standard") == "standard"]
+    assert len(outside) and len(standard)  # the mini set trains both kinds
+    x = torch.randn(4, 1, 28, 28)
+    assert model_inputs(mini, standard[0], x) is x
+    converted = model_inputs(mini, outside[0], x)
+    torch.testing.assert_close(converted, convert_input_norm(x, "fashion_mnist", table.at[outside[0], "input_norm"]))
+    assert not torch.equal(converted, x)

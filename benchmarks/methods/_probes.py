@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from modelset.errors import ModelSetError
 from modelset.reader import ModelSet, json_column
-from modelset.tasks import Task, task_data
+from modelset.tasks import Task, convert_input_norm, task_data
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,19 @@ def penultimate(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, 
 def run_models(
     ms: ModelSet, ids: Sequence[str], x: torch.Tensor, desc: str = "probe"
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``(activations (B, p), logits (B, k))`` of each model of ``ids`` on the batch ``x``."""
+    """``(activations (B, p), logits (B, k))`` of each model of ``ids`` on the batch ``x``
+    (standardized, as ``task_data`` gives it), each model seeing it in its own input norm."""
     out = []
     for mid in tqdm(ids, desc=desc, leave=False, disable=len(ids) < 200):
-        out.append(penultimate(ms.model(mid), x))
+        out.append(penultimate(ms.model(mid), model_inputs(ms, mid, x)))
     return out
+
+
+def model_inputs(ms: ModelSet, model_id: str, x: torch.Tensor) -> torch.Tensor:
+    """The standardized batch ``x`` as model ``model_id`` expects its inputs (its ``input_norm``
+    column: the data set's standardization, or pixels in [-1, 1] for some recipes)."""
+    row = ms.metadata.loc[model_id]
+    norm = row.get("input_norm") if "input_norm" in ms.metadata.columns else None
+    if not isinstance(norm, str) or norm in ("", "standard"):
+        return x
+    return convert_input_norm(x, str(row["dataset"]), norm)

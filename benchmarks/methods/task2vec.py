@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
-from benchmarks.methods._probes import _in_channels, common_probe, task_probe
+from benchmarks.methods._probes import _in_channels, common_probe, model_inputs, task_probe
 from benchmarks.methods._registry import MethodMeta, SimilarityMethod, register_method
 from modelset.architectures import build_architecture
 from modelset.errors import ModelSetError
@@ -104,7 +104,7 @@ class Task2Vec(SimilarityMethod):
         for mid in tqdm(ids, desc="task2vec", leave=False, disable=len(ids) < 200):
             x = self._task_inputs(ms, str(ms.metadata.at[mid, "task"]))
             with torch.no_grad():
-                logits = ms.model(mid)(x)
+                logits = ms.model(mid)(model_inputs(ms, mid, x))
             out.append(self._fisher(x, logits.argmax(dim=1), logits.shape[1]))
         # Fisher values span orders of magnitude: compare log-Fisher profiles, centred per model so
         # the cosine is their correlation and a global scale of the Fisher does not matter.
