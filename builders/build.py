@@ -46,6 +46,9 @@ from modelset.writer import ModelRecord, ModelSetWriter
 
 log = logging.getLogger(__name__)
 
+#: Header field of measured relation reliabilities: ``{relation: reliability(...) dict}``.
+RELIABILITY_FIELD = "relation_reliability"
+
 DEFAULT_HPARAMS: dict[str, Any] = {
     "optimizer": ["sgd", "adam"],
     "lr": {"sgd": [0.03, 0.2], "adam": [0.002, 0.02]},  # log-uniform per optimizer
@@ -286,13 +289,15 @@ def build(
             t0 = time.perf_counter()
             if measured is not None:
                 aff, scratch = measured
-                text = protocol_text(*_transfer_config(cfg))
+                rel = (w.header.get(RELIABILITY_FIELD) or {}).get("transfer_affinity")
                 log.info("transfer affinity already measured; kept")
             else:
-                aff, scratch, text = _transfer(w, out, cfg, tasks, device, progress)
+                aff, scratch, rel = _transfer(w, out, cfg, tasks, device, progress)
             w.set_relation("transfer_affinity", aff)
+            if rel is not None:  # before the task table: a resumed build finds it with the matrix
+                w.set_header_field(RELIABILITY_FIELD, {"transfer_affinity": rel})
             tasks_df["scratch_accuracy"] = scratch.reindex(tasks_df.index)
-            card["Transfer affinity protocol"] = text
+            card["Transfer affinity protocol"] = protocol_text(*_transfer_config(cfg), rel)
             timings["transfer_s"] = time.perf_counter() - t0
         w.set_tasks(tasks_df)
 
@@ -332,9 +337,10 @@ def _transfer_config(cfg: Mapping[str, Any]) -> tuple[TransferConfig, int]:
 
 
 def _measured_transfer(out: Path) -> tuple[pd.DataFrame, pd.Series] | None:
-    """Transfer affinity and scratch accuracies an interrupted build had already committed.
+    """Transfer affinity and scratch accuracies an interrupted build had already committed (their
+    reliability, written before the task table, is in the header).
 
-    Both are deterministic for a config, so measuring them again would give the same numbers.
+    All are deterministic for a config, so measuring them again would give the same numbers.
     """
     relation = out / RELATIONS_DIR / "transfer_affinity.csv"
     tasks = out / TASKS_FILE
@@ -356,7 +362,10 @@ def _transfer(
     tasks: Sequence[Task],
     device: str,
     progress: bool,
-) -> tuple[pd.DataFrame, pd.Series, str]:
+) -> tuple[pd.DataFrame, pd.Series, dict[str, Any] | None]:
+    """Measure transfer affinity from the first ``sources_per_task`` cnn3 base models of each task
+    (by id; the r-th of every task forms replicate r). Returns the matrix, scratch accuracies and
+    the reliability of the matrix (``None`` with one source per task)."""
     import modelset
 
     tc, n_sources = _transfer_config(cfg)
@@ -376,12 +385,12 @@ def _transfer(
         bar.total = total
         bar.update(done - bar.n)
 
-    aff, scratch = transfer_affinity(
+    result = transfer_affinity(
         tasks, budget, sources, tc, seed=int(cfg.get("seed", 0)), device=device,
         progress=progress, on_chunk=on_chunk,
     )  # fmt: skip
     bar.close()
-    return aff, scratch, protocol_text(tc, n_sources)
+    return result.affinity, result.scratch, result.reliability
 
 
 def _kwargs(value: Any) -> dict[str, Any]:

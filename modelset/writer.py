@@ -272,6 +272,19 @@ class ModelSetWriter:
             matrix.to_csv(tmp, index=True, index_label="task", float_format="%.9g")
         self._refresh()
 
+    #: Header keys the writer itself maintains; ``set_header_field`` refuses them.
+    _OWN_HEADER_KEYS = frozenset(
+        {"format", "schema_version", "name", "config", "counts", "created", "updated", "complete", "library_versions"}
+    )
+
+    def set_header_field(self, key: str, value: Any) -> None:
+        """Record a JSON-serializable ``value`` under ``key`` in the header (``modelset.json``),
+        e.g. ``relation_reliability``; a resumed writer keeps it."""
+        if key in self._OWN_HEADER_KEYS:
+            raise SchemaError(f"header field {key!r} is maintained by the writer and cannot be set")
+        self.header[key] = value
+        self._refresh()
+
     def finish(self, card: Mapping[str, str] | None = None) -> None:
         """Mark the set complete, write its dataset card, header counts and checksums."""
         from modelset.card import render_card
