@@ -281,6 +281,7 @@ def build(
                 bar.update(len(shard))
         bar.close()
         timings["base_models_s"] = time.perf_counter() - t_start
+        del data, shared  # the training slices of every task (~0.6 GB for ModelSet500): not needed below
 
         tasks_df = tasks_frame(tasks)
         card: dict[str, str] = {"How it was built": _build_text(cfg, tasks, specs)}
@@ -300,6 +301,9 @@ def build(
             card["Transfer affinity protocol"] = protocol_text(*_transfer_config(cfg), rel)
             timings["transfer_s"] = time.perf_counter() - t0
         w.set_tasks(tasks_df)
+        reference = (cfg.get("data") or {}).get("converged_reference")
+        if reference:
+            card["Converged reference"] = _reference_text(reference, w.table)
 
         if cfg.get("variants"):
             t0 = time.perf_counter()
@@ -391,6 +395,52 @@ def _transfer(
     )  # fmt: skip
     bar.close()
     return result.affinity, result.scratch, result.reliability
+
+
+def _reference_text(path: str, table: pd.DataFrame) -> str:
+    """The card's "Converged reference" section: the figures of ``scripts/converged_reference.py``
+    (a JSON file; relative paths are from the repository root) beside this set's cnn3 base models."""
+    import json
+
+    file = Path(path) if Path(path).is_absolute() else Path(__file__).resolve().parents[1] / path
+    try:
+        refs = json.loads(file.read_text())["references"]
+        kinds = [k for k in ("full", "budget") if k in refs]
+        tasks = sorted(refs[kinds[0]]["tasks"])
+    except (OSError, ValueError, KeyError, IndexError) as exc:
+        raise SchemaError(
+            f"data.converged_reference: cannot read {file} ({exc!r}); write it with "
+            "`python scripts/converged_reference.py --json FILE` or remove the key"
+        ) from exc
+    base = table[(table["variant"] == "base") & (table["architecture"] == "cnn3")]
+    lines = ["| task | " + " | ".join(f"converged, {k}" for k in kinds) + " | base cnn3 median | "
+             + " | ".join(f"gap to {k}" for k in kinds) + " |",
+             "|---" * (2 * len(kinds) + 2) + "|"]  # fmt: skip
+    gaps: dict[str, list[float]] = {k: [] for k in kinds}
+    for task in tasks:
+        accs = base.loc[base["task"] == task, "test_accuracy"].astype(float)
+        median = float(accs.median()) if len(accs) else float("nan")
+        cells, gap_cells = [], []
+        for k in kinds:
+            runs = np.asarray(refs[k]["tasks"][task]["acc"], dtype=float)
+            sd = float(runs.std(ddof=1)) if len(runs) > 1 else 0.0
+            cells.append(f"{runs.mean():.3f} ± {sd:.3f}")
+            gap_cells.append(f"{median - runs.mean():+.3f}")
+            gaps[k] += list(accs - runs.mean())
+        lines.append(f"| {task} | " + " | ".join(cells) + f" | {median:.3f} | " + " | ".join(gap_cells) + " |")
+    protocols = "; ".join(
+        f"`{k}`: {p['epochs']} epochs, batch {p['batch_size']}, learning rate tuned over {p['lrs']}, "
+        f"{p['seeds']} seeds" for k, p in ((k, refs[k]["protocol"]) for k in kinds)
+    )
+    summary = ", ".join(f"{float(np.median(g)):+.3f} against `{k}`" for k, g in gaps.items() if g) or "n/a"
+    return (
+        "How far the zoo's cnn3 base models are from a cnn3 trained to convergence on the same task, "
+        "measured by `scripts/converged_reference.py`: Adam with a cosine schedule, the learning rate "
+        "chosen on 500 held-out training images, test accuracy mean ± std over seeds. `full` trains "
+        "on every training image of the task's classes, `budget` on the set's own training slice "
+        f"(`data.train_limit`). {protocols}.\n\n" + "\n".join(lines)
+        + f"\n\nMedian over these tasks' cnn3 base models of (accuracy − converged reference): {summary}."
+    )
 
 
 def _kwargs(value: Any) -> dict[str, Any]:

@@ -85,10 +85,13 @@ def test_plan_is_deterministic_and_documented() -> None:
     tasks = get_task_set(cfg["tasks"])
     a, b = plan_models(cfg, tasks), plan_models(cfg, tasks)
     assert a == b and len(a) == 500 and len({s.model_id for s in a}) == 500
-    assert len(tasks) == 20 and {s.architecture for s in a} == {"cnn3", "resnet_tiny"}
+    assert len(tasks) == 50 and {s.architecture for s in a} == {f["architecture"] for f in cfg["families"]}
+    assert {s.num_classes for s in a} == {5}  # v2: no head shape tells tasks apart
+    hp = cfg["hyperparameters"]
     for s in a:  # inside the documented ranges
-        lo, hi = cfg["hyperparameters"]["lr"][s.optimizer]
-        assert lo <= s.lr <= hi and 3 <= s.epochs <= 7 and s.batch_size in (32, 64, 128)
+        lo, hi = hp["lr"][s.optimizer]
+        assert lo <= s.lr <= hi and hp["epochs"][0] <= s.epochs <= hp["epochs"][1]
+        assert s.batch_size in hp["batch_size"]
     shards = plan_shards(a, cfg["shard_size"])
     assert sorted(s.model_id for sh in shards for s in sh) == sorted(s.model_id for s in a)
     for sh in shards:
