@@ -436,9 +436,10 @@ def _reference_text(path: str, table: pd.DataFrame) -> str:
     return (
         "How far the zoo's cnn3 base models are from a cnn3 trained to convergence on the same task, "
         "measured by `scripts/converged_reference.py`: Adam with a cosine schedule, the learning rate "
-        "chosen on 500 held-out training images, test accuracy mean ± std over seeds. `full` trains "
-        "on every training image of the task's classes, `budget` on the set's own training slice "
-        f"(`data.train_limit`). {protocols}.\n\n" + "\n".join(lines)
+        "chosen on held-out training images, test accuracy mean ± std over seeds. `full` trains "
+        "on every training image of the task's classes but the last 500 (its validation images), "
+        "`budget` on the set's own training slice (`data.train_limit` images; validation: the 500 "
+        f"after it). {protocols}.\n\n" + "\n".join(lines)
         + f"\n\nMedian over these tasks' cnn3 base models of (accuracy − converged reference): {summary}."
     )
 
