@@ -60,6 +60,9 @@ from modelset.writer import ModelRecord, ModelSetWriter
 
 log = logging.getLogger(__name__)
 
+#: Header field of measured relation reliabilities: ``{relation: reliability(...) dict}``.
+RELIABILITY_FIELD = "relation_reliability"
+
 DEFAULT_HPARAMS: dict[str, Any] = {
     "optimizer": ["sgd", "adam"],
     "lr": {"sgd": [0.03, 0.2], "adam": [0.002, 0.02]},  # log-uniform per optimizer
@@ -448,6 +451,7 @@ def build(
                 bar.update(len(shard))
         bar.close()
         timings["base_models_s"] = time.perf_counter() - t_start
+        del data, shared  # the training slices of every task (~0.6 GB for ModelSet500): not needed below
 
         tasks_df = tasks_frame(tasks)
         card: dict[str, str] = {"How it was made": _build_text(cfg, tasks, specs)}
@@ -456,15 +460,20 @@ def build(
             t0 = time.perf_counter()
             if measured is not None:
                 aff, scratch = measured
-                text = protocol_text(*_transfer_config(cfg))
+                rel = (w.header.get(RELIABILITY_FIELD) or {}).get("transfer_affinity")
                 log.info("transfer affinity already measured; kept")
             else:
-                aff, scratch, text = _transfer(w, out, cfg, tasks, device, progress)
+                aff, scratch, rel = _transfer(w, out, cfg, tasks, device, progress)
             w.set_relation("transfer_affinity", aff)
+            if rel is not None:  # before the task table: a resumed build finds it with the matrix
+                w.set_header_field(RELIABILITY_FIELD, {"transfer_affinity": rel})
             tasks_df["scratch_accuracy"] = scratch.reindex(tasks_df.index)
-            card["Relation: transfer_affinity"] = text
+            card["Relation: transfer_affinity"] = protocol_text(*_transfer_config(cfg), rel)
             timings["transfer_s"] = time.perf_counter() - t0
         w.set_tasks(tasks_df)
+        reference = (cfg.get("data") or {}).get("converged_reference")
+        if reference:
+            card["Converged reference"] = _reference_text(reference, w.table)
 
         if cfg.get("variants"):
             t0 = time.perf_counter()
@@ -530,9 +539,10 @@ def _transfer_config(cfg: Mapping[str, Any]) -> tuple[TransferConfig, int]:
 
 
 def _measured_transfer(out: Path) -> tuple[pd.DataFrame, pd.Series] | None:
-    """Transfer affinity and scratch accuracies an interrupted build had already committed.
+    """Transfer affinity and scratch accuracies an interrupted build had already committed (their
+    reliability, written before the task table, is in the header).
 
-    Both are deterministic for a config, so measuring them again would give the same numbers.
+    All are deterministic for a config, so measuring them again would give the same numbers.
     """
     relation = out / RELATIONS_DIR / "transfer_affinity.csv"
     tasks = out / TASKS_FILE
@@ -554,7 +564,10 @@ def _transfer(
     tasks: Sequence[Task],
     device: str,
     progress: bool,
-) -> tuple[pd.DataFrame, pd.Series, str]:
+) -> tuple[pd.DataFrame, pd.Series, dict[str, Any] | None]:
+    """Measure transfer affinity from the first ``sources_per_task`` cnn3 base models of each task
+    (by id; the r-th of every task forms replicate r). Returns the matrix, scratch accuracies and
+    the reliability of the matrix (``None`` with one source per task)."""
     import modelset
 
     tc, n_sources = _transfer_config(cfg)
@@ -574,12 +587,59 @@ def _transfer(
         bar.total = total
         bar.update(done - bar.n)
 
-    aff, scratch = transfer_affinity(
+    result = transfer_affinity(
         tasks, budget, sources, tc, seed=int(cfg.get("seed", 0)), device=device,
         progress=progress, on_chunk=on_chunk,
     )  # fmt: skip
     bar.close()
-    return aff, scratch, protocol_text(tc, n_sources)
+    return result.affinity, result.scratch, result.reliability
+
+
+def _reference_text(path: str, table: pd.DataFrame) -> str:
+    """The card's "Converged reference" section: the figures of ``scripts/converged_reference.py``
+    (a JSON file; relative paths are from the repository root) beside this set's cnn3 base models."""
+    import json
+
+    file = Path(path) if Path(path).is_absolute() else Path(__file__).resolve().parents[1] / path
+    try:
+        refs = json.loads(file.read_text())["references"]
+        kinds = [k for k in ("full", "budget") if k in refs]
+        tasks = sorted(refs[kinds[0]]["tasks"])
+    except (OSError, ValueError, KeyError, IndexError) as exc:
+        raise SchemaError(
+            f"data.converged_reference: cannot read {file} ({exc!r}); write it with "
+            "`python scripts/converged_reference.py --json FILE` or remove the key"
+        ) from exc
+    base = table[(table["variant"] == "base") & (table["architecture"] == "cnn3")]
+    lines = ["| task | " + " | ".join(f"converged, {k}" for k in kinds) + " | base cnn3 median | "
+             + " | ".join(f"gap to {k}" for k in kinds) + " |",
+             "|---" * (2 * len(kinds) + 2) + "|"]  # fmt: skip
+    gaps: dict[str, list[float]] = {k: [] for k in kinds}
+    for task in tasks:
+        accs = base.loc[base["task"] == task, "test_accuracy"].astype(float)
+        median = float(accs.median()) if len(accs) else float("nan")
+        cells, gap_cells = [], []
+        for k in kinds:
+            runs = np.asarray(refs[k]["tasks"][task]["acc"], dtype=float)
+            sd = float(runs.std(ddof=1)) if len(runs) > 1 else 0.0
+            cells.append(f"{runs.mean():.3f} ± {sd:.3f}")
+            gap_cells.append(f"{median - runs.mean():+.3f}")
+            gaps[k] += list(accs - runs.mean())
+        lines.append(f"| {task} | " + " | ".join(cells) + f" | {median:.3f} | " + " | ".join(gap_cells) + " |")
+    protocols = "; ".join(
+        f"`{k}`: {p['epochs']} epochs, batch {p['batch_size']}, learning rate tuned over {p['lrs']}, "
+        f"{p['seeds']} seeds" for k, p in ((k, refs[k]["protocol"]) for k in kinds)
+    )
+    summary = ", ".join(f"{float(np.median(g)):+.3f} against `{k}`" for k, g in gaps.items() if g) or "n/a"
+    return (
+        "How far the zoo's cnn3 base models are from a cnn3 trained to convergence on the same task, "
+        "measured by `scripts/converged_reference.py`: Adam with a cosine schedule, the learning rate "
+        "chosen on held-out training images, test accuracy mean ± std over seeds. `full` trains "
+        "on every training image of the task's classes but the last 500 (its validation images), "
+        "`budget` on the set's own training slice (`data.train_limit` images; validation: the 500 "
+        f"after it). {protocols}.\n\n" + "\n".join(lines)
+        + f"\n\nMedian over these tasks' cnn3 base models of (accuracy − converged reference): {summary}."
+    )
 
 
 def _kwargs(value: Any) -> dict[str, Any]:

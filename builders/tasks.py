@@ -5,9 +5,12 @@ Tasks of a set relate along two axes:
 * **label space** — class subsets of one data set whose overlaps range from none (disjoint halves)
   through partial (4 of 5 shared) to nearly all (9 of 10), measured by the Jaccard index;
 * **input domain** — the same classes seen through a different registered domain (inverted,
-  rotated, blurred, down-scaled).
+  rotated, blurred, down-scaled, noisy).
 
-A config names a set (``tasks: fashion20``) or lists tasks inline (a list of mappings with the
+``fashion50`` (ModelSet500 v2) gives every task 5 classes, so no parameter shape tells tasks
+apart; ``fashion20`` (ModelSet500 v1) mixes 2-, 5-, 9- and 10-class tasks.
+
+A config names a set (``tasks: fashion50``) or lists tasks inline (a list of mappings with the
 fields of :class:`modelset.tasks.Task`).
 """
 
@@ -94,7 +97,22 @@ _ROT = ("rotated", {"degrees": 90})
 _INV = ("inverted", {})
 _BLUR = ("blurred", {"sigma": 1.0})
 _DOWN = ("downscaled", {"factor": 2})
+_NOISE = ("noisy", {"std": 0.2, "seed": 0})
 _ID = ("identity", {})
+
+# fashion50's ten 5-class subsets: five complementary pairs (Jaccard 0 within a pair), built so
+# that between subsets every overlap of 5-of-10 classes occurs: 0 shared (Jaccard 0), 1 (1/9),
+# 2 (1/4), 3 (3/7) and 4 (2/3); pairs by Jaccard: 5, 4, 16, 16 and 4.
+_FIVE_WAY = (
+    (0, 1, 2, 3, 4), (5, 6, 7, 8, 9),  # A and its complement
+    (0, 1, 2, 3, 5), (4, 6, 7, 8, 9),  # A with one class swapped (2/3 with A), and complement
+    (0, 2, 4, 6, 8), (1, 3, 5, 7, 9),  # even / odd ids
+    (0, 2, 4, 6, 9), (1, 3, 5, 7, 8),  # even with one swap (2/3 with even), and complement
+    (2, 3, 4, 5, 6), (0, 1, 7, 8, 9),  # a band straddling A and B (3/7 with A), and complement
+)  # fmt: skip
+# Every subset is seen as it is and through four of the five other domains (a cyclic cross, each
+# non-identity domain on 8 subsets): 10 × 5 = 50 tasks.
+_SHIFTS = (_INV, _ROT, _BLUR, _DOWN, _NOISE)
 
 
 def _make(rows: list[tuple[tuple[int, ...], tuple[str, dict]]], dataset: str) -> list[Task]:
@@ -118,6 +136,21 @@ def fashion20() -> list[Task]:
         (_NO8, _ID), (_NO0, _ROT),
         ((7, 9), _ID), ((0, 6), _BLUR),
     ]  # fmt: skip
+    return _make(rows, "fashion_mnist")
+
+
+@register_task_set("fashion50")
+def fashion50() -> list[Task]:
+    """50 Fashion-MNIST tasks, all 5-way: 10 class subsets (Jaccard 0 to 2/3 between them) × 5
+    input domains (identity plus four of inverted, rotated, blurred, down-scaled, noisy, in turn).
+
+    Ids ``t00``..``t49`` run subset by subset: ``t{5i}`` is subset ``i`` as it is, ``t{5i+1}``..
+    ``t{5i+4}`` the same classes in other domains.
+    """
+    rows = []
+    for i, classes in enumerate(_FIVE_WAY):
+        shifts = [d for j, d in enumerate(_SHIFTS) if j != i % len(_SHIFTS)]
+        rows += [(classes, domain) for domain in (_ID, *shifts)]
     return _make(rows, "fashion_mnist")
 
 

@@ -302,6 +302,19 @@ class ModelSetWriter:
         _io.write_json_atomic(self.root / FOLDS_FILE, doc)
         self._refresh()
 
+    #: Header keys the writer itself maintains; ``set_header_field`` refuses them.
+    _OWN_HEADER_KEYS = frozenset(
+        {"format", "schema_version", "name", "config", "counts", "created", "updated", "complete", "library_versions"}
+    )
+
+    def set_header_field(self, key: str, value: Any) -> None:
+        """Record a JSON-serializable ``value`` under ``key`` in the header (``modelset.json``),
+        e.g. ``relation_reliability``; a resumed writer keeps it."""
+        if key in self._OWN_HEADER_KEYS:
+            raise SchemaError(f"header field {key!r} is maintained by the writer and cannot be set")
+        self.header[key] = value
+        self._refresh()
+
     def finish(self, card: Mapping[str, str] | None = None) -> None:
         """Mark the set complete; write its layouts, LICENSE, CITATION.cff, dataset card, header
         counts and checksums."""

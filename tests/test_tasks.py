@@ -100,3 +100,30 @@ def test_fashion20_relations_are_graded() -> None:
 def test_unknown_task_set() -> None:
     with pytest.raises(UnknownNameError, match="fashion20"):
         get_task_set("fashion2O")
+
+
+def test_fashion50_is_shape_blind_graded_and_crossed() -> None:
+    from fractions import Fraction
+
+    tasks = get_task_set("fashion50")
+    assert len(tasks) == 50 and len({t.task_id for t in tasks}) == 50
+    assert {t.num_classes for t in tasks} == {5}  # no parameter shape tells tasks apart
+    j = label_jaccard(tasks).values
+    off = j[~np.eye(len(tasks), dtype=bool)]
+    graded = {Fraction(0), Fraction(1, 9), Fraction(1, 4), Fraction(3, 7), Fraction(2, 3), Fraction(1)}
+    assert {Fraction(float(v)).limit_denominator(20) for v in off} == graded
+    assert {t.domain for t in tasks} == set(list_domains())  # every registered domain is used
+    subsets: dict[tuple[int, ...], set[str]] = {}
+    for t in tasks:
+        subsets.setdefault(t.classes, set()).add(t.domain)
+    assert len(subsets) == 10
+    for domains in subsets.values():  # crossed: each subset as it is and in four shifted domains
+        assert len(domains) == 5 and "identity" in domains
+    for domain in list_domains():  # and each domain holds many label sets
+        assert sum(domain in d for d in subsets.values()) >= 8
+    s = same_domain(tasks).values
+    assert s.sum() < 0.25 * s.size  # most pairs differ in domain
+
+
+def test_fashion20_stays_the_mixed_class_set() -> None:
+    assert {t.num_classes for t in get_task_set("fashion20")} == {2, 5, 9, 10}
