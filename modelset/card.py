@@ -269,6 +269,9 @@ def _relations_section(root: Path, header: Mapping[str, Any], sections: Mapping[
         if protocol:
             parts.append(f"How it was measured: {protocol.strip()}\n")
         rel = reliability.get(name)
+        stated = bool(protocol) and "Reliability" in protocol  # the builder's text gives the figures
+        if stated:
+            continue
         if isinstance(rel, Mapping):
             figures = []
             if "spearman_halves" in rel:
