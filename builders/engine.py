@@ -204,9 +204,24 @@ def apply_init(model: torch.nn.Module, scheme: str) -> None:
         elif scheme == "xavier_uniform":
             torch.nn.init.xavier_uniform_(module.weight)
         else:
-            torch.nn.init.orthogonal_(module.weight)
+            _orthogonal_(module.weight)
         if module.bias is not None:
             torch.nn.init.zeros_(module.bias)
+
+
+def _orthogonal_(weight: torch.Tensor) -> None:
+    """``torch.nn.init.orthogonal_`` (Saxe et al. 2014), with the QR in float64: LAPACK's float32
+    result depends on how many threads it ran on, and a model's init must not (a build's worker
+    threads and the reference loop must draw the same bits); float64 differences vanish when the
+    result is rounded to float32."""
+    rows = weight.shape[0]
+    flat = torch.randn(rows, weight.numel() // rows, dtype=torch.float64)
+    wide = rows < flat.shape[1]
+    q, r = torch.linalg.qr(flat.T if wide else flat)
+    q = q * torch.sign(torch.diagonal(r))
+    if wide:
+        q = q.T
+    weight.copy_(q.reshape(weight.shape).to(weight.dtype))
 
 
 def data_generator(spec: TrainSpec) -> torch.Generator:
