@@ -37,6 +37,7 @@ from lps.features import compute_features
 from lps.model import LPS, LPSNet
 from lps.pairs import PairSampler
 from lps.weights import WeightSpace
+from modelset._io import replace_folder
 from modelset.errors import ModelSetError
 
 log = logging.getLogger(__name__)
@@ -337,8 +338,7 @@ def train_cached(
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     scorer.save(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    replace_folder(tmp, folder)
     log.info("saved LPS (%s, fold %d) to %s", mode, seed, folder)
     return scorer
 

@@ -126,3 +126,17 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
             tmp.unlink()
             removed.append(tmp)
     return removed
+
+
+def replace_folder(staging: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Move the complete folder ``staging`` to ``dest``; an existing ``dest`` is first moved aside
+    and removed afterwards, so that ``dest`` is never half-replaced."""
+    staging, dest = Path(staging), Path(dest)
+    if dest.exists():
+        old = dest.parent / f"{TMP_PREFIX}{dest.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+        os.replace(staging, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, dest)

@@ -168,14 +168,7 @@ def export_hf(
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    if out.exists():
-        old = out.parent / f"{_io.TMP_PREFIX}{out.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(staging, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, out)
+    _io.replace_folder(staging, out)
     log.info("Hugging Face export of %s written to %s", root, out)
     return out
 

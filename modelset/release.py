@@ -523,14 +523,7 @@ def fetch(
     _check_sums_agree(staging, entries, index_url)
     if check:
         verify(staging, checksums=False)  # sums were checked per file above; this reads the tensors
-    if dest.exists():  # overwrite: move the old one aside first so that dest is never half-replaced
-        old = dest.parent / f".{dest.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dest, old)
-        os.replace(staging, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, dest)
+    _io.replace_folder(staging, dest)  # an existing dest is never half-replaced
     log.info("fetched %d files (%d kept from an earlier attempt) into %s", len(entries), kept, dest)
     return dest
 
