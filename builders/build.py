@@ -393,6 +393,15 @@ def train_shard(shard: Sequence[TrainSpec], shared: Mapping[str, Any], path: Pat
     torch.use_deterministic_algorithms(True, warn_only=True)
     data, tasks = shared["data"], shared["tasks"]
     results = train_models(shard, data, device=shared["device"], progress=shared["progress"])
+    for r in results:
+        bad = [k for k, v in r.final.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            s = r.spec
+            raise SchemaError(
+                f"model {s.model_id!r} diverged: non-finite parameters {bad[:3]} after training "
+                f"({s.optimizer}, lr {s.lr}, init {s.init}, schedule {s.schedule}, batch {s.batch_size}); "
+                "narrow the config's hyperparameters.lr range for this optimizer and run the build again"
+            )
     records = [_record(r, tasks[r.spec.task_id], data[r.spec.task_id]) for r in results]
     write_shard_file(path, records, "staging")
 
