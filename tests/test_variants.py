@@ -421,7 +421,9 @@ def test_comparison_tables_values_and_files(tmp_path) -> None:
     assert str_row["n_parents"] == 2
     assert str_row["delta_ci95_low"] == pytest.approx(0.105) == pytest.approx(str_row["delta_ci95_high"])
     claims = pd.read_csv(written["claims"])
-    assert claims.loc[claims["comparison"] == "str_vs_gmp", "verdict"].tolist() == ["method better"]
+    # The interval lies above 0, but two parents cannot make a Wilcoxon test significant: a verdict
+    # needs both, so none is claimed.
+    assert claims.loc[claims["comparison"] == "str_vs_gmp", "verdict"].tolist() == ["no difference detected"]
     assert "no models of this family" in text  # channel pruning absent from this fake set
     assert written["plot"].stat().st_size > 1000
     assert (tmp_path / "out" / "shape_adaptor_scales.csv").read_text().startswith("adaptor,scale_mean")

@@ -133,16 +133,18 @@ def comparison_table(metadata: pd.DataFrame, comparison: str) -> pd.DataFrame:
 def claims_table(metadata: pd.DataFrame) -> pd.DataFrame:
     """Each paper's claim beside the paired measurement, one row per (comparison, level, method).
 
-    ``verdict``: ``"method better"`` when the 95 % interval of the paired difference lies above 0,
-    ``"baseline better"`` when below, ``"no difference detected"`` when it spans 0.
+    ``verdict``: ``"method better"`` when the 95 % interval of the paired difference lies above 0
+    and the Wilcoxon test agrees (p < 0.05), ``"baseline better"`` when both say the opposite,
+    ``"no difference detected"`` otherwise (the interval spans 0, or the two disagree).
     """
     out = []
     for comparison, (claim, methods) in CLAIMS.items():
         table = comparison_table(metadata, comparison)
         for row in table[table["variant"].isin(methods)].itertuples(index=False):
             low, high = row.delta_ci95_low, row.delta_ci95_high
-            verdict = ("–" if np.isnan(low) else "method better" if low > 0
-                       else "baseline better" if high < 0 else "no difference detected")
+            significant = bool(row.wilcoxon_p < 0.05)  # False for NaN
+            verdict = ("–" if np.isnan(low) else "method better" if low > 0 and significant
+                       else "baseline better" if high < 0 and significant else "no difference detected")
             out.append({"comparison": comparison, "claim": claim, "level": row.level,
                         "variant": row.variant, "n_parents": row.n_parents,
                         "sparsity_mean": row.sparsity_mean, "delta_mean": row.delta_vs_baseline_mean,
