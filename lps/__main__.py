@@ -9,6 +9,7 @@ model, for search. ``search`` prints the zoo models nearest to a user's checkpoi
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 
 import modelset
 from lps.model import LPS
-from lps.search import SEARCH_DIR, find_lps, load_checkpoint, search
+from lps.search import SEARCH_DIR, default_lps_folders, find_lps, load_checkpoint, search
 from lps.splits import fold, load_folds
 from lps.train import MODES, train_cached
 from modelset.errors import ModelSetError
@@ -55,12 +56,34 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
+    if args.k < 1:
+        raise ModelSetError(f"-k must be at least 1, got {args.k}")
     ms = modelset.open(args.zoo)
-    scorer = LPS.load(find_lps(args.lps))
+    if args.lps is not None:
+        folder = find_lps(args.lps)
+    else:
+        tried = default_lps_folders()
+        found = [p for p in tried if p.exists()]
+        if not found:
+            raise ModelSetError(
+                "no trained LPS found in " + " or ".join(str(p) for p in tried)
+                + f"; run `make lps MODELSET={args.zoo}` or give --lps DIR"
+            )
+        folder = find_lps(found[0])
+    scorer = LPS.load(folder)
     state = load_checkpoint(args.checkpoint)
-    table = search(scorer, ms, state, k=args.k, source=str(args.checkpoint))
-    print(f"nearest models in {ms.name} to {args.checkpoint}:")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    table = search(
+        scorer, ms, state, k=args.k, source=str(args.checkpoint), architecture=args.architecture,
+        variant=args.variant, task=args.task, min_accuracy=args.min_accuracy,
+    )  # fmt: skip
+    if args.json:
+        rows = json.loads(table.to_json(orient="records", double_precision=6))
+        print(json.dumps({"zoo": str(ms.root), "lps": str(folder), "checkpoint": str(args.checkpoint), "hits": rows}, indent=1))
+    elif args.csv:
+        print(table.to_csv(index=False, float_format="%.6f"), end="")
+    else:
+        print(f"nearest models in {ms.name} to {args.checkpoint} (LPS {folder}):")
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
 
 
@@ -81,11 +104,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=cmd_train)
     s = sub.add_parser("search", help="nearest zoo models to a checkpoint")
-    s.add_argument("checkpoint", help=".safetensors or torch state_dict file")
-    s.add_argument("--zoo", required=True)
-    s.add_argument("-k", type=int, default=5)
-    s.add_argument("--lps", default="results/lps", help="LPS checkpoint folder (or a folder of seed folders)")
-    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("checkpoint", help="your model: a .safetensors file or a weights-only torch state_dict")
+    s.add_argument("--zoo", required=True, help="model set folder to search")
+    s.add_argument("-k", type=int, default=5, help="how many hits to print (at least 1; default 5)")
+    s.add_argument("--lps", default=None,
+                   help="LPS checkpoint folder, or make lps's output folder (default: results/lps here, "
+                        "else in this checkout)")
+    s.add_argument("--architecture", help="only zoo models of this architecture (e.g. cnn3)")
+    s.add_argument("--variant", help="only zoo models of this variant (e.g. base, str, channel_sim)")
+    s.add_argument("--task", help="only zoo models of this task id")
+    s.add_argument("--min-accuracy", type=float, default=None, help="only zoo models with at least this test accuracy")
+    out = s.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the hits as JSON")
+    out.add_argument("--csv", action="store_true", help="print the hits as CSV")
+    s.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     s.set_defaults(func=cmd_search)
     args = parser.parse_args(argv)
     logging.basicConfig(

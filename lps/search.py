@@ -152,22 +152,59 @@ def find_lps(path: str | os.PathLike) -> Path:
 
 
 def search(
-    scorer: LPS, ms, state: Mapping[str, torch.Tensor], k: int = 5, source: str = "checkpoint"
+    scorer: LPS,
+    ms,
+    state: Mapping[str, torch.Tensor],
+    k: int = 5,
+    source: str = "checkpoint",
+    architecture: str | None = None,
+    variant: str | None = None,
+    task: str | None = None,
+    min_accuracy: float | None = None,
 ) -> pd.DataFrame:
-    """The ``k`` zoo models most similar to ``state``: columns model_id, task, score, architecture, variant."""
+    """The ``k`` zoo models most similar to ``state`` among those that pass the filters (an exact
+    ``architecture``, ``variant`` or ``task``; ``test_accuracy`` at least ``min_accuracy``).
+
+    Columns: model_id, task, score, architecture, variant, test_accuracy. Raises
+    ``ModelSetError`` for ``k < 1`` and when no zoo model passes the filters.
+    """
+    if int(k) < 1:
+        raise ModelSetError(f"k must be at least 1, got {k}")
+    table = ms.metadata
+    keep = pd.Series(True, index=table.index)
+    for column, wanted in (("architecture", architecture), ("variant", variant), ("task", task)):
+        if wanted is not None:
+            known = sorted(table[column].astype(str).unique())
+            if wanted not in known:
+                raise ModelSetError(f"{ms.root}: no model has {column} {wanted!r}; the set has {known[:12]}")
+            keep &= table[column].astype(str) == wanted
+    if min_accuracy is not None:
+        keep &= pd.to_numeric(table.get("test_accuracy"), errors="coerce").fillna(-1.0) >= float(min_accuracy)
+    ids = list(table.index[keep])
+    if not ids:
+        raise ModelSetError(f"{ms.root}: no model passes the filters (min accuracy {min_accuracy})")
     arch, kwargs = match_architecture(ms, state, source)
     query = scorer.embed(dict(state), architecture=arch, arch_kwargs=kwargs)
-    ids = list(ms.metadata.index)
     zoo = scorer.embed(ids, ms=ms)
     scores = (zoo @ query[0]).numpy()
-    order = scores.argsort()[::-1][:k]
-    table = ms.metadata.iloc[order]
+    order = scores.argsort()[::-1][: int(k)]
+    rows = table.loc[[ids[i] for i in order]]
+    accuracy = rows["test_accuracy"] if "test_accuracy" in rows else pd.Series(float("nan"), index=rows.index)
     return pd.DataFrame(
         {
             "model_id": [ids[i] for i in order],
-            "task": table["task"].astype(str).to_numpy(),
+            "task": rows["task"].astype(str).to_numpy(),
             "score": scores[order],
-            "architecture": table["architecture"].astype(str).to_numpy(),
-            "variant": table["variant"].astype(str).to_numpy(),
+            "architecture": rows["architecture"].astype(str).to_numpy(),
+            "variant": rows["variant"].astype(str).to_numpy(),
+            "test_accuracy": pd.to_numeric(accuracy, errors="coerce").to_numpy(),
         }
     )
+
+
+def default_lps_folders() -> list[Path]:
+    """Where ``lps search`` looks for ``make lps``'s output when no ``--lps`` is given: the current
+    folder's ``results/lps``, then the checkout's that holds this package."""
+    here = Path.cwd() / "results" / "lps"
+    checkout = Path(__file__).resolve().parents[1] / "results" / "lps"
+    return [here] if here == checkout else [here, checkout]

@@ -215,6 +215,37 @@ def test_search_returns_the_query_model_first(zoo, trained, tmp_path, capsys) ->
         assert first[0] == mid and first[1] == zoo.metadata.loc[mid, "task"]
 
 
+
+def test_search_filters_formats_and_refuses_bad_requests(zoo, trained, tmp_path, capsys, monkeypatch) -> None:
+    _, scorer, _ = trained
+    scorer.save(tmp_path / "lps" / "search")
+    mid = zoo.metadata.index[17]
+    task = str(zoo.metadata.loc[mid, "task"])
+    save_file(zoo.state_dict(mid), str(tmp_path / "query.safetensors"))
+    base = ["search", str(tmp_path / "query.safetensors"), "--zoo", str(zoo.root), "--lps", str(tmp_path / "lps")]
+    assert main([*base, "-k", "4", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert [h["model_id"] for h in hits][0] == mid and len(hits) == 4
+    assert set(hits[0]) == {"model_id", "task", "score", "architecture", "variant", "test_accuracy"}
+    other = sorted(set(zoo.metadata["task"].astype(str)) - {task})[0]
+    assert main([*base, "-k", "50", "--csv", "--task", other]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert rows[0] == "model_id,task,score,architecture,variant,test_accuracy"
+    assert {r.split(",")[1] for r in rows[1:]} == {other} and len(rows) - 1 == int((zoo.metadata["task"] == other).sum())
+    for bad, message in ((["-k", "0"], "-k must be at least 1"), (["--variant", "strr"], "no model has variant 'strr'")):
+        assert main([*base, *bad]) == 2
+        assert message in capsys.readouterr().err
+    # Without --lps: results/lps in the current folder, else a clear error naming where it looked.
+    scorer.save(tmp_path / "here" / "results" / "lps" / "search")
+    monkeypatch.chdir(tmp_path / "here")
+    assert main(base[:4]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert str(tmp_path / "here" / "results" / "lps" / "search") in out[0] and out[2].split()[0] == mid
+    monkeypatch.setattr("lps.__main__.default_lps_folders", lambda: [tmp_path / "none" / "results" / "lps"])
+    assert main(base[:4]) == 2
+    assert "no trained LPS found in" in capsys.readouterr().err
+
+
 def test_search_rejects_unknown_architectures_and_unsafe_files(zoo, trained, tmp_path, capsys) -> None:
     _, scorer, _ = trained
     state = zoo.state_dict(zoo.metadata.index[0])
