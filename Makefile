@@ -45,6 +45,7 @@ lps: setup
 	$(PY) -m benchmarks run --zoo $(MODELSET) --results $(RESULTS)/runs --cache $(LPS_DIR) --methods $(LPS_METHODS)
 	$(PY) -m benchmarks leaderboard --results $(RESULTS)/runs --out $(LPS_DIR) --methods $(LPS_METHODS)
 	$(PY) -m lps train --zoo $(MODELSET) --out $(LPS_DIR) --folds --all-tasks
+	$(PY) -m lps calibrate --zoo $(MODELSET) --out $(LPS_DIR)
 	@echo "LPS checkpoints and their scores written to $(LPS_DIR) (leaderboard.md)"
 
 bench: setup

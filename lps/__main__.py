@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 import modelset
+from lps.calibration import CALIBRATION_FILE, GOOD_MATCH, Calibration, fit_calibration
 from lps.model import LPS
 from lps.search import SEARCH_DIR, default_lps_folders, find_lps, load_checkpoint, search
 from lps.splits import fold, load_folds
@@ -71,19 +72,44 @@ def cmd_search(args: argparse.Namespace) -> int:
             )
         folder = find_lps(found[0])
     scorer = LPS.load(folder)
+    calibration = Calibration.load(folder) if (folder / CALIBRATION_FILE).exists() else None
     state = load_checkpoint(args.checkpoint)
     table = search(
         scorer, ms, state, k=args.k, source=str(args.checkpoint), architecture=args.architecture,
-        variant=args.variant, task=args.task, min_accuracy=args.min_accuracy,
+        variant=args.variant, task=args.task, min_accuracy=args.min_accuracy, calibration=calibration,
     )  # fmt: skip
+    best = float(table["p_same_task"].iloc[0]) if "p_same_task" in table else None
     if args.json:
         rows = json.loads(table.to_json(orient="records", double_precision=6))
-        print(json.dumps({"zoo": str(ms.root), "lps": str(folder), "checkpoint": str(args.checkpoint), "hits": rows}, indent=1))
+        doc = {"zoo": str(ms.root), "lps": str(folder), "checkpoint": str(args.checkpoint), "hits": rows}
+        if best is not None:
+            doc["good_match"] = best >= GOOD_MATCH
+        print(json.dumps(doc, indent=1))
     elif args.csv:
         print(table.to_csv(index=False, float_format="%.6f"), end="")
     else:
         print(f"nearest models in {ms.name} to {args.checkpoint} (LPS {folder}):")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        if best is None:
+            print(f"(scores are uncalibrated cosines: run `python -m lps calibrate --zoo {args.zoo}` for probabilities)")
+        elif best < GOOD_MATCH:
+            print(f"no good match: the best hit solves the same task with probability {best:.2f}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    ms = modelset.open(args.zoo)
+    out = Path(args.out)
+    folds = load_folds(ms)
+    scorers = [train_cached(ms, f.train_ids, out, mode=args.mode, seed=i, epochs=args.epochs) for i, f in enumerate(folds)]
+    calibration = fit_calibration(ms, list(zip(folds, scorers)))
+    path = calibration.save(out / SEARCH_DIR)
+    for question, figures in calibration.report["questions"].items():
+        print(f"{question}: expected calibration error {figures['ece_across_folds']:.4f}, Brier "
+              f"{figures['brier_across_folds']:.4f} (base rate alone {figures['brier_of_base_rate']:.4f}) "
+              f"over {figures['pairs']} held-out pairs")
+    print(f"calibration written to {path}")
     return 0
 
 
@@ -103,6 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=cmd_train)
+    c = sub.add_parser("calibrate", help="fit the probability that a hit shares the query's task, on the folds' held-out pairs")
+    c.add_argument("--zoo", required=True, help="model set folder")
+    c.add_argument("--out", default="results/lps", help="make lps's output folder (fold checkpoints; search/ gets the calibration)")
+    c.add_argument("--mode", choices=MODES, default="pairs", help="LPS training mode of the fold checkpoints")
+    c.add_argument("--epochs", type=int, default=40, help="epochs of the fold checkpoints (a cache miss trains them)")
+    c.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    c.set_defaults(func=cmd_calibrate)
     s = sub.add_parser("search", help="nearest zoo models to a checkpoint")
     s.add_argument("checkpoint", help="your model: a .safetensors file or a weights-only torch state_dict")
     s.add_argument("--zoo", required=True, help="model set folder to search")

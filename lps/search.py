@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from lps.calibration import Calibration
 from lps.model import CONFIG_FILE, LPS
 from modelset.errors import InvalidParametersError, ModelSetError
 from modelset.shards import expected_shapes
@@ -161,11 +162,14 @@ def search(
     variant: str | None = None,
     task: str | None = None,
     min_accuracy: float | None = None,
+    calibration: Calibration | None = None,
 ) -> pd.DataFrame:
     """The ``k`` zoo models most similar to ``state`` among those that pass the filters (an exact
     ``architecture``, ``variant`` or ``task``; ``test_accuracy`` at least ``min_accuracy``).
 
-    Columns: model_id, task, score, architecture, variant, test_accuracy. Raises
+    Columns: model_id, task, score, architecture, variant, test_accuracy, and with a
+    ``calibration`` (:mod:`lps.calibration`) the probability ``p_same_task`` that the hit solves
+    the query's task (``p_same_labels``, ``p_same_domain`` where the set records them). Raises
     ``ModelSetError`` for ``k < 1`` and when no zoo model passes the filters.
     """
     if int(k) < 1:
@@ -190,7 +194,7 @@ def search(
     order = scores.argsort()[::-1][: int(k)]
     rows = table.loc[[ids[i] for i in order]]
     accuracy = rows["test_accuracy"] if "test_accuracy" in rows else pd.Series(float("nan"), index=rows.index)
-    return pd.DataFrame(
+    hits = pd.DataFrame(
         {
             "model_id": [ids[i] for i in order],
             "task": rows["task"].astype(str).to_numpy(),
@@ -200,6 +204,10 @@ def search(
             "test_accuracy": pd.to_numeric(accuracy, errors="coerce").to_numpy(),
         }
     )
+    if calibration is not None:
+        for question in calibration.curves:
+            hits[f"p_{question}"] = calibration.probability(question, hits["score"].to_numpy())
+    return hits
 
 
 def default_lps_folders() -> list[Path]:

@@ -288,11 +288,15 @@ def zoo_digest(ms) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+#: The modules whose code decides what a training run produces (search, CLI and calibration do not).
+TRAINING_MODULES = ("_bank.py", "augment.py", "features.py", "model.py", "pairs.py", "train.py", "weights.py")
+
+
 def _code_digest() -> str:
-    """SHA256 over this package's source: a checkpoint trained by other LPS code is not reused."""
+    """SHA256 over the training code's source: a checkpoint trained by other LPS code is not reused."""
     digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for name in TRAINING_MODULES:
+        digest.update(name.encode() + b"\0" + (Path(__file__).parent / name).read_bytes())
     return digest.hexdigest()
 
 
