@@ -165,6 +165,9 @@ def search(
     """The ``k`` zoo models most similar to ``state`` among those that pass the filters (an exact
     ``architecture``, ``variant`` or ``task``; ``test_accuracy`` at least ``min_accuracy``).
 
+    ``ms`` is a ``ModelSet`` (its models are embedded on every call) or a ``lps.index.ZooIndex``
+    of it (its saved embeddings are used; only ``state`` is embedded).
+
     Columns: model_id, task, score, architecture, variant, test_accuracy. Raises
     ``ModelSetError`` for ``k < 1`` and when no zoo model passes the filters.
     """
@@ -185,7 +188,11 @@ def search(
         raise ModelSetError(f"{ms.root}: no model passes the filters (min accuracy {min_accuracy})")
     arch, kwargs = match_architecture(ms, state, source)
     query = scorer.embed(dict(state), architecture=arch, arch_kwargs=kwargs)
-    zoo = scorer.embed(ids, ms=ms)
+    embeddings = getattr(ms, "embeddings", None)
+    if embeddings is not None:
+        zoo = embeddings[torch.as_tensor(table.index.get_indexer(ids))]
+    else:
+        zoo = scorer.embed(ids, ms=ms)
     scores = (zoo @ query[0]).numpy()
     order = scores.argsort()[::-1][: int(k)]
     rows = table.loc[[ids[i] for i in order]]
