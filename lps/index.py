@@ -152,7 +152,11 @@ def read_index(lps_folder: str | os.PathLike, zoo: str | os.PathLike) -> ZooInde
         raise ModelSetError(f"{tensors_path}: format {metadata.get('format')!r}, expected {INDEX_FORMAT!r}{rebuild}")
     digest_set, digest_lps = set_digest(zoo), lps_digest(folder)
     if metadata.get("set_digest") != digest_set or metadata.get("lps_digest") != digest_lps:
-        changed = "the model set" if metadata.get("set_digest") != digest_set else "the LPS weights"
+        changed = " and ".join(
+            what for what, stored, now in (("the model set", metadata.get("set_digest"), digest_set),
+                                           ("the LPS weights", metadata.get("lps_digest"), digest_lps))
+            if stored != now
+        )  # fmt: skip
         log.warning("zoo index in %s is stale (%s changed): rebuilding it", folder, changed)
         return None
     data = table_path.read_bytes()
