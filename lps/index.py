@@ -133,8 +133,9 @@ def build_index(scorer: LPS, ms, lps_folder: str | os.PathLike) -> ZooIndex:
 def read_index(lps_folder: str | os.PathLike, zoo: str | os.PathLike) -> ZooIndex | None:
     """The index in ``lps_folder`` for the set at ``zoo``, or None when it is missing or stale
     (another set, another LPS). Raises ``ModelSetError`` naming a damaged index file."""
-    import pyarrow.parquet as pq
     from safetensors import safe_open
+
+    from modelset._untrusted import read_parquet, regular_file
 
     folder = Path(lps_folder)
     tensors_path, table_path = folder / INDEX_TENSORS, folder / INDEX_TABLE
@@ -143,9 +144,13 @@ def read_index(lps_folder: str | os.PathLike, zoo: str | os.PathLike) -> ZooInde
         return None
     rebuild = f"; delete it or rebuild it with `python -m lps index --zoo {zoo} --lps {folder}`"
     try:
+        regular_file(tensors_path, "zoo index")
+        regular_file(table_path, "zoo index table")
         with safe_open(str(tensors_path), "pt") as handle:
             metadata = handle.metadata() or {}
             embeddings = handle.get_tensor("embeddings")
+    except ModelSetError as exc:
+        raise ModelSetError(f"{exc}{rebuild}") from exc
     except Exception as exc:  # safetensors raises its own error types
         raise ModelSetError(f"{tensors_path}: not a readable zoo index ({exc}){rebuild}") from exc
     if metadata.get("format") != INDEX_FORMAT:
@@ -163,8 +168,9 @@ def read_index(lps_folder: str | os.PathLike, zoo: str | os.PathLike) -> ZooInde
     if hashlib.sha256(data).hexdigest() != metadata.get("table_sha256"):
         raise ModelSetError(f"{table_path}: does not match {tensors_path.name} (damaged or from another build){rebuild}")
     try:
-        table = pq.read_table(io.BytesIO(data)).to_pandas().set_index("model_id")
-    except Exception as exc:  # pyarrow raises its own error types
+        # The hardened reader of the set's own tables: sizes checked before anything is decoded.
+        table = read_parquet(table_path, "zoo index table").set_index("model_id")
+    except (ModelSetError, KeyError) as exc:
         raise ModelSetError(f"{table_path}: not a readable zoo index table ({exc}){rebuild}") from exc
     if embeddings.ndim != 2 or embeddings.shape[0] != len(table) or not embeddings.isfinite().all():
         raise ModelSetError(
