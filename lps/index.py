@@ -122,10 +122,18 @@ def build_index(scorer: LPS, ms, lps_folder: str | os.PathLike) -> ZooIndex:
         "models": str(len(ids)),
     }
     tmp_table, tmp_tensors = folder / f".{INDEX_TABLE}.tmp", folder / f".{INDEX_TENSORS}.tmp"
-    tmp_table.write_bytes(data)
-    save_file({"embeddings": embeddings}, str(tmp_tensors), metadata=metadata)
-    os.replace(tmp_table, folder / INDEX_TABLE)
-    os.replace(tmp_tensors, folder / INDEX_TENSORS)
+    try:
+        tmp_table.write_bytes(data)
+        save_file({"embeddings": embeddings}, str(tmp_tensors), metadata=metadata)
+        os.replace(tmp_table, folder / INDEX_TABLE)
+        os.replace(tmp_tensors, folder / INDEX_TENSORS)
+    except OSError as exc:
+        for tmp in (tmp_table, tmp_tensors):
+            tmp.unlink(missing_ok=True)
+        raise ModelSetError(
+            f"{folder}: cannot write the zoo index there ({exc.strerror}); copy the LPS folder somewhere "
+            "writable and give it with --lps, or search with --no-index"
+        ) from exc
     log.info("zoo index of %d models of %s written to %s", len(ids), ms.name, folder)
     return ZooIndex(Path(ms.root), str(ms.name), table, embeddings, digest_set, digest_lps, folder)
 
