@@ -38,13 +38,15 @@ variants: setup
 	@echo "variant tables written to $(RESULTS)/variants"
 
 # LPS for every task fold (checkpoints in LPS_DIR, reused by `make bench`), scored by the benchmark
-# tracks beside the weight-only baseline and the controls; plus one LPS on every model for search.
+# tracks beside the weight-only baseline and the controls; plus one LPS on every model for search
+# and the zoo index that search reads (the set's embeddings under that LPS).
 LPS_METHODS := lps lps_contrastive flat_cosine random oracle shape_only recipe_only
 
 lps: setup
 	$(PY) -m benchmarks run --zoo $(MODELSET) --results $(RESULTS)/runs --cache $(LPS_DIR) --methods $(LPS_METHODS)
 	$(PY) -m benchmarks leaderboard --results $(RESULTS)/runs --out $(LPS_DIR) --methods $(LPS_METHODS)
 	$(PY) -m lps train --zoo $(MODELSET) --out $(LPS_DIR) --folds --all-tasks
+	$(PY) -m lps index --zoo $(MODELSET) --lps $(LPS_DIR)/search
 	$(PY) -m lps calibrate --zoo $(MODELSET) --out $(LPS_DIR)
 	@echo "LPS checkpoints and their scores written to $(LPS_DIR) (leaderboard.md)"
 

@@ -1,32 +1,39 @@
-"""Command line: ``python -m lps train`` and ``python -m lps search``.
+"""Command line: ``python -m lps train``, ``calibrate``, ``index`` and ``search``.
 
 ``train`` fits LPS on the training models of each task fold of the set (``splits/folds.json``)
 and saves one checkpoint per fold into ``--out`` (reused by the benchmark's LPS methods, which
 score them with the same track code as every other method); ``--all-tasks`` also fits one on every
-model, for search. ``search`` prints the zoo models nearest to a user's checkpoint.
+model, for search. ``calibrate`` turns search scores into probabilities (``lps.calibration``);
+``index`` writes the zoo's embeddings beside that LPS (``lps.index``).
+``search`` prints the zoo models nearest to one or many checkpoints.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
-import modelset
-from lps.calibration import CALIBRATION_FILE, GOOD_MATCH, Calibration, fit_calibration
-from lps.model import LPS
-from lps.search import SEARCH_DIR, default_lps_folders, find_lps, load_checkpoint, search
-from lps.splits import fold, load_folds
-from lps.train import MODES, train_cached
+# Heavy modules (torch, pandas, the set reader) are imported inside the commands: a search's
+# start-up time is most of its answer time.
+from lps.search import SEARCH_DIR, default_lps_folders, find_lps
 from modelset.errors import ModelSetError
+
+#: File endings taken from a folder given to ``lps search``.
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    import modelset
+    from lps.splits import fold, load_folds
+    from lps.train import train_cached
+
     torch.set_num_threads(args.threads)
     ms = modelset.open(args.zoo)
     out = Path(args.out)
@@ -55,49 +62,123 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_search(args: argparse.Namespace) -> int:
-    torch.set_num_threads(args.threads)
-    if args.k < 1:
-        raise ModelSetError(f"-k must be at least 1, got {args.k}")
-    ms = modelset.open(args.zoo)
+def _lps_folder(args: argparse.Namespace) -> Path:
     if args.lps is not None:
-        folder = find_lps(args.lps)
-    else:
-        tried = default_lps_folders()
-        found = [p for p in tried if p.exists()]
+        return find_lps(args.lps)
+    tried = default_lps_folders()
+    found = [p for p in tried if p.exists()]
+    if not found:
+        raise ModelSetError(
+            "no trained LPS found in " + " or ".join(str(p) for p in tried)
+            + f"; run `make lps MODELSET={args.zoo}` or give --lps DIR"
+        )
+    return find_lps(found[0])
+
+
+def checkpoint_paths(patterns: list[str]) -> list[Path]:
+    """The checkpoint files named by ``patterns``: files, folders (their checkpoint files, sorted)
+    and globs (sorted matches). Raises ``ModelSetError`` for a pattern that names none."""
+    paths: list[Path] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
+        elif path.exists() or not glob.has_magic(pattern):
+            found = [path]
+        else:
+            found = sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_file())
         if not found:
-            raise ModelSetError(
-                "no trained LPS found in " + " or ".join(str(p) for p in tried)
-                + f"; run `make lps MODELSET={args.zoo}` or give --lps DIR"
-            )
-        folder = find_lps(found[0])
-    scorer = LPS.load(folder)
-    calibration = Calibration.load(folder) if (folder / CALIBRATION_FILE).exists() else None
-    state = load_checkpoint(args.checkpoint)
-    table = search(
-        scorer, ms, state, k=args.k, source=str(args.checkpoint), architecture=args.architecture,
-        variant=args.variant, task=args.task, min_accuracy=args.min_accuracy, calibration=calibration,
-    )  # fmt: skip
-    best = float(table["p_same_task"].iloc[0]) if "p_same_task" in table else None
-    if args.json:
-        rows = json.loads(table.to_json(orient="records", double_precision=6))
-        doc = {"zoo": str(ms.root), "lps": str(folder), "checkpoint": str(args.checkpoint), "hits": rows}
-        if best is not None:
-            doc["good_match"] = best >= GOOD_MATCH
-        print(json.dumps(doc, indent=1))
-    elif args.csv:
-        print(table.to_csv(index=False, float_format="%.6f"), end="")
-    else:
-        print(f"nearest models in {ms.name} to {args.checkpoint} (LPS {folder}):")
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-        if best is None:
-            print(f"(scores are uncalibrated cosines: run `python -m lps calibrate --zoo {args.zoo}` for probabilities)")
-        elif best < GOOD_MATCH:
-            print(f"no good match: the best hit solves the same task with probability {best:.2f}")
+            raise ModelSetError(f"{pattern}: no checkpoint files ({', '.join(CHECKPOINT_SUFFIXES)}) there")
+        paths += found
+    return paths
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    import torch
+
+    import modelset
+    from lps.index import build_index, describe
+    from lps.model import LPS
+
+    torch.set_num_threads(args.threads)
+    folder = _lps_folder(args)
+    index = build_index(LPS.load(folder), modelset.open(args.zoo), folder)
+    print(f"zoo index written: {describe(index)}")
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    if args.k < 1:
+        raise ModelSetError(f"-k must be at least 1, got {args.k}")
+    paths = checkpoint_paths(args.checkpoint)
+    import torch
+
+    from lps.calibration import CALIBRATION_FILE, GOOD_MATCH, Calibration
+    from lps.index import load_index
+    from lps.model import LPS
+    from lps.search import load_checkpoint, search
+
+    torch.set_num_threads(args.threads)
+    folder = _lps_folder(args)
+    scorer = LPS.load(folder)
+    calibration = Calibration.load(folder) if (folder / CALIBRATION_FILE).exists() else None
+    if args.no_index:
+        import modelset
+
+        zoo: Any = modelset.open(args.zoo)
+    else:
+        zoo = load_index(scorer, args.zoo, folder)
+    results, failed = [], 0
+    for path in paths:
+        try:
+            state = load_checkpoint(path)
+            table = search(
+                scorer, zoo, state, k=args.k, source=str(path), architecture=args.architecture,
+                variant=args.variant, task=args.task, min_accuracy=args.min_accuracy, calibration=calibration,
+            )  # fmt: skip
+        except ModelSetError as exc:
+            if len(paths) == 1:
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        results.append((path, table))
+    batch = len(paths) > 1
+    if args.json:
+        found = [
+            {"checkpoint": str(p), "hits": json.loads(t.to_json(orient="records", double_precision=6)),
+             **({"good_match": bool(t["p_same_task"].iloc[0] >= GOOD_MATCH)} if "p_same_task" in t else {})}
+            for p, t in results
+        ]
+        head = {"zoo": str(zoo.root), "lps": str(folder)}
+        print(json.dumps({**head, "queries": found} if batch else {**head, **found[0]}, indent=1))
+    elif args.csv:
+        for i, (path, table) in enumerate(results):
+            if batch:
+                table = table.assign(checkpoint=str(path))[["checkpoint", *table.columns]]
+            text = table.to_csv(index=False, float_format="%.6f")
+            print(text if i == 0 else text.split("\n", 1)[1], end="")
+    else:
+        for i, (path, table) in enumerate(results):
+            if i:
+                print()
+            print(f"nearest models in {zoo.name} to {path} (LPS {folder}):")
+            print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+            if "p_same_task" not in table:
+                print(f"(scores are uncalibrated cosines: `python -m lps calibrate --zoo {args.zoo}` gives probabilities)")
+            elif table["p_same_task"].iloc[0] < GOOD_MATCH:
+                print(f"no good match: the best hit solves the same task with probability {table['p_same_task'].iloc[0]:.2f}")
+    return 2 if failed else 0
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    import torch
+
+    import modelset
+    from lps.calibration import fit_calibration
+    from lps.splits import load_folds
+    from lps.train import train_cached
+
     torch.set_num_threads(args.threads)
     ms = modelset.open(args.zoo)
     out = Path(args.out)
@@ -122,27 +203,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output folder (a checkpoint cache shared with the benchmarks)")
     p.add_argument("--folds", type=int, nargs="*", default=None, help="fold numbers (default: every fold of the set; none with --all-tasks alone)")
     p.add_argument("--all-tasks", action="store_true", help=f"also train on every model, saved as {SEARCH_DIR}/ for search")
-    p.add_argument("--mode", choices=MODES, default="pairs")
+    p.add_argument("--mode", choices=("pairs", "contrastive"), default="pairs")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument(
         "--graded", default=None, help="relation matrix giving graded pair targets (e.g. label_jaccard)"
     )
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=cmd_train)
+    lps_help = ("LPS checkpoint folder, or make lps's output folder (default: results/lps here, "
+                "else in this checkout)")
     c = sub.add_parser("calibrate", help="fit the probability that a hit shares the query's task, on the folds' held-out pairs")
     c.add_argument("--zoo", required=True, help="model set folder")
     c.add_argument("--out", default="results/lps", help="make lps's output folder (fold checkpoints; search/ gets the calibration)")
-    c.add_argument("--mode", choices=MODES, default="pairs", help="LPS training mode of the fold checkpoints")
+    c.add_argument("--mode", choices=("pairs", "contrastive"), default="pairs", help="LPS training mode of the fold checkpoints")
     c.add_argument("--epochs", type=int, default=40, help="epochs of the fold checkpoints (a cache miss trains them)")
     c.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     c.set_defaults(func=cmd_calibrate)
-    s = sub.add_parser("search", help="nearest zoo models to a checkpoint")
-    s.add_argument("checkpoint", help="your model: a .safetensors file or a weights-only torch state_dict")
+    x = sub.add_parser("index", help="embed every model of a set and save the zoo index beside the LPS")
+    x.add_argument("--zoo", required=True, help="model set folder to index")
+    x.add_argument("--lps", default=None, help=lps_help)
+    x.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    x.set_defaults(func=cmd_index)
+    s = sub.add_parser("search", help="nearest zoo models to one or many checkpoints")
+    s.add_argument("checkpoint", nargs="+",
+                   help="your models: .safetensors files or weights-only torch state_dicts, folders of them, "
+                        "or globs (quoted)")
     s.add_argument("--zoo", required=True, help="model set folder to search")
     s.add_argument("-k", type=int, default=5, help="how many hits to print (at least 1; default 5)")
-    s.add_argument("--lps", default=None,
-                   help="LPS checkpoint folder, or make lps's output folder (default: results/lps here, "
-                        "else in this checkout)")
+    s.add_argument("--lps", default=None, help=lps_help)
+    s.add_argument("--no-index", action="store_true",
+                   help="embed every zoo model now instead of using (or writing) the saved zoo index")
     s.add_argument("--architecture", help="only zoo models of this architecture (e.g. cnn3)")
     s.add_argument("--variant", help="only zoo models of this variant (e.g. base, str, channel_sim)")
     s.add_argument("--task", help="only zoo models of this task id")

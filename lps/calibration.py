@@ -23,9 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.calibration import calibration_curve
-from sklearn.isotonic import IsotonicRegression
-from sklearn.metrics import brier_score_loss
 
 from modelset._io import write_json_atomic
 from modelset._untrusted import read_json
@@ -113,17 +110,23 @@ def held_out_pairs(ms, split, scorer) -> tuple[np.ndarray, dict[str, np.ndarray]
 def expected_calibration_error(truth: np.ndarray, probability: np.ndarray, bins: int = BINS) -> float:
     """Mean gap between predicted and observed frequency over equal-count bins (scikit-learn's
     ``calibration_curve`` with ``strategy="quantile"``, so each bin weighs the same)."""
+    from sklearn.calibration import calibration_curve
+
     observed, predicted = calibration_curve(truth, np.clip(probability, 0, 1), n_bins=bins, strategy="quantile")
     return float(np.mean(np.abs(observed - predicted)))
 
 
-def _fit(scores: np.ndarray, truth: np.ndarray) -> IsotonicRegression:
+def _fit(scores: np.ndarray, truth: np.ndarray):
+    from sklearn.isotonic import IsotonicRegression
+
     return IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(scores, truth)
 
 
 def fit_calibration(ms, folds: Sequence[tuple[Any, Any]]) -> Calibration:
     """Fit the calibration from ``folds`` = ``[(split, fold_lps), ...]`` and measure its error
     across folds. Raises ``ModelSetError`` with fewer than 2 folds."""
+    from sklearn.metrics import brier_score_loss
+
     if len(folds) < 2:
         raise ModelSetError("calibration needs at least 2 task folds (it is checked across folds)")
     per_fold = [held_out_pairs(ms, split, scorer) for split, scorer in folds]

@@ -68,13 +68,19 @@ class LPSNet(nn.Module):
         self.vector_keys = [k for k in self.schema if k.startswith("v:")]
         self.dim, self.proj, self.hidden = dim, proj, hidden
         self.projections = nn.ParameterList()
+        # On the meta device (LPS.load checking shapes) only shapes count: the meta kernels of
+        # randn, QR and products import torch's compiler, 1.8 s of a search's start-up.
+        meta = torch.empty(0).is_meta
         width = 0
         for key in self.matrix_keys:
             n = self.schema[key][0]
             m = min(proj, n)
             # Orthonormal columns: PᵀGP starts as a compression of G that keeps its spectrum's scale.
-            q, _ = torch.linalg.qr(torch.randn(n, m))
-            self.projections.append(nn.Parameter(q * math.sqrt(n / m)))
+            if meta:
+                q = torch.empty(n, m)
+            else:
+                q = torch.linalg.qr(torch.randn(n, m))[0] * math.sqrt(n / m)
+            self.projections.append(nn.Parameter(q))
             width += m * (m + 1) // 2 + 1
         vector_width = sum(self.schema[k][0] for k in self.vector_keys)
         width += vector_width + len(self.vector_keys)

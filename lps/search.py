@@ -11,15 +11,17 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
 
-from lps.calibration import Calibration
 from lps.model import CONFIG_FILE, LPS
 from modelset.errors import InvalidParametersError, ModelSetError
 from modelset.shards import expected_shapes
+
+if TYPE_CHECKING:  # sklearn is imported only where a calibration is fit
+    from lps.calibration import Calibration
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +169,9 @@ def search(
     """The ``k`` zoo models most similar to ``state`` among those that pass the filters (an exact
     ``architecture``, ``variant`` or ``task``; ``test_accuracy`` at least ``min_accuracy``).
 
+    ``ms`` is a ``ModelSet`` (its models are embedded on every call) or a ``lps.index.ZooIndex``
+    of it (its saved embeddings are used; only ``state`` is embedded).
+
     Columns: model_id, task, score, architecture, variant, test_accuracy, and with a
     ``calibration`` (:mod:`lps.calibration`) the probability ``p_same_task`` that the hit solves
     the query's task (``p_same_labels``, ``p_same_domain`` where the set records them). Raises
@@ -189,7 +194,11 @@ def search(
         raise ModelSetError(f"{ms.root}: no model passes the filters (min accuracy {min_accuracy})")
     arch, kwargs = match_architecture(ms, state, source)
     query = scorer.embed(dict(state), architecture=arch, arch_kwargs=kwargs)
-    zoo = scorer.embed(ids, ms=ms)
+    embeddings = getattr(ms, "embeddings", None)
+    if embeddings is not None:
+        zoo = embeddings[torch.as_tensor(table.index.get_indexer(ids))]
+    else:
+        zoo = scorer.embed(ids, ms=ms)
     scores = (zoo @ query[0]).numpy()
     order = scores.argsort()[::-1][: int(k)]
     rows = table.loc[[ids[i] for i in order]]

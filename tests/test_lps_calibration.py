@@ -64,3 +64,24 @@ def test_search_shows_probabilities(calibrated) -> None:
     assert hits["p_same_task"].is_monotonic_decreasing and hits["model_id"].iloc[0] == mid
     with pytest.raises(ModelSetError, match="at least 2 task folds"):
         fit_calibration(ms, [(ms.folds[0], scorers[0])])
+
+
+def test_search_command_prints_probabilities_and_the_verdict(calibrated, tmp_path, capsys) -> None:
+    from safetensors.torch import save_file
+
+    from lps.__main__ import main
+
+    ms, scorers, calibration = calibrated
+    folder = tmp_path / "lps" / "search"
+    scorers[0].save(folder)
+    calibration.save(folder)
+    mid = ms.metadata.index[3]
+    save_file(ms.state_dict(mid), str(tmp_path / "q.safetensors"))
+    args = ["search", str(tmp_path / "q.safetensors"), "--zoo", str(ms.root), "--lps", str(folder), "-k", "3"]
+    assert main([*args, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["hits"][0]["model_id"] == mid and "p_same_task" in doc["hits"][0]
+    assert doc["good_match"] == (doc["hits"][0]["p_same_task"] >= 0.5)
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "p_same_task" in out and ("no good match" in out) == (not doc["good_match"])
