@@ -119,6 +119,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     from lps.search import load_checkpoint, search
 
     torch.set_num_threads(args.threads)
+    # Every checkpoint is read and checked (finite, dense, known layout) before the zoo is touched:
+    # a bad file is refused at once, however large the zoo.
+    states, failed = [], 0
+    for path in paths:
+        try:
+            states.append((path, load_checkpoint(path)))
+        except ModelSetError as exc:
+            if len(paths) == 1:
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
     folder = _lps_folder(args)
     scorer = LPS.load(folder)
     calibration = Calibration.load(folder) if (folder / CALIBRATION_FILE).exists() else None
@@ -128,10 +139,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         zoo: Any = modelset.open(args.zoo)
     else:
         zoo = load_index(scorer, args.zoo, folder)
-    results, failed = [], 0
-    for path in paths:
+    results = []
+    for path, state in states:
         try:
-            state = load_checkpoint(path)
             table = search(
                 scorer, zoo, state, k=args.k, source=str(path), architecture=args.architecture,
                 variant=args.variant, task=args.task, min_accuracy=args.min_accuracy, calibration=calibration,
