@@ -139,7 +139,11 @@ def _methods(results: list[Result]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def table(results: list[Result]) -> tuple[list[str], list[tuple[str, str]], dict[tuple[str, str, str], Cell]]:
+#: Row order, columns and cells of the main table, as :func:`table` returns them.
+Board = tuple[list[str], list[tuple[str, str]], dict[tuple[str, str, str], Cell]]
+
+
+def table(results: list[Result]) -> Board:
     """Row order (methods), columns and cells ``(method, track, metric) -> Cell`` of the main table.
 
     Methods are sorted by their mean rank over the columns they have; controls last.
@@ -213,10 +217,11 @@ def weight_only(meta: dict[str, Any]) -> bool:
     return not _is_control(meta) and not meta.get("needs_data") and not str(meta.get("name", "")).startswith("lps")
 
 
-def lps_versus_baseline(results: list[Result], method: str = "lps") -> list[dict[str, Any]]:
+def lps_versus_baseline(results: list[Result], method: str = "lps", board: Board | None = None) -> list[dict[str, Any]]:
     """Per track (first primary metric): ``method`` minus the best weight-only baseline, with the
-    95 % bootstrap interval of the paired difference over units and the Wilcoxon p-value."""
-    methods, columns, cells = table(results)
+    95 % bootstrap interval of the paired difference over units and the Wilcoxon p-value.
+    ``board``: the main table already computed from ``results``."""
+    methods, columns, cells = board or table(results)
     metas = _methods(results)
     out = []
     seen = set()
@@ -249,10 +254,10 @@ def reliability(results: list[Result]) -> dict[str, float]:
     return out
 
 
-def leaderboard_frame(results: list[Result]) -> pd.DataFrame:
+def leaderboard_frame(results: list[Result], board: Board | None = None) -> pd.DataFrame:
     """The CSV table: one row per method, ``{track}.{metric}.mean/.low/.high/.n/.p/.status``
     columns plus metadata (``.p``: paired test against the column's best method)."""
-    methods, columns, cells = table(results)
+    methods, columns, cells = board = board or table(results)
     metas = _methods(results)
     pvalues = significance(methods, columns, cells, results)
     rows = []
@@ -285,13 +290,13 @@ def _header(t: str, k: str, reliable: dict[str, float] | None = None) -> str:
     return label
 
 
-def _notes(results: list[Result]) -> list[str]:
+def _notes(results: list[Result], board: Board) -> list[str]:
     """Sentences under the main table: ground-truth reliability and LPS against the baselines."""
     lines = []
     for track, value in sorted(reliability(results).items(), key=lambda x: _track_rank(x[0])):
         verdict = "reproducible" if value >= RELIABLE else f"below {RELIABLE}: not reproducible, read the column with care"
         lines.append(f"Ground truth of `{track}`: test–retest reliability {value:.3f} (Spearman–Brown over two independent halves; {verdict}).")
-    for row in lps_versus_baseline(results):
+    for row in lps_versus_baseline(results, board=board):
         better = "lower is better" if row["lower_is_better"] else "higher is better"
         lines.append(
             f"LPS − {row['baseline']} on `{row['track']}` {row['metric']} ({better}): {row['difference']:+.3f} "
@@ -324,9 +329,9 @@ def _details(results: list[Result]) -> dict[str, pd.DataFrame]:
     return out
 
 
-def markdown(results: list[Result]) -> str:
+def markdown(results: list[Result], board: Board | None = None) -> str:
     """The leaderboard as Markdown: main table, notes, method cards, per-track details."""
-    methods, columns, cells = table(results)
+    methods, columns, cells = board = board or table(results)
     best = _best(methods, columns, cells, results)
     metas = _methods(results)
     zoo = results[0].zoo if results else {}
@@ -355,7 +360,7 @@ def markdown(results: list[Result]) -> str:
             text = cells[(m, t, k)].text()
             row.append(f"**{text}**" if (m, t, k) in best else text)
         lines.append("| " + " | ".join(row) + " |")
-    notes = _notes(results)
+    notes = _notes(results, board)
     if notes:
         lines += [""] + [f"- {n}" for n in notes]
     na = _not_applicable(results)
@@ -449,9 +454,9 @@ img{max-width:100%;border:1px solid #eee}.note{font-size:.85em;color:#555}
 """
 
 
-def html_page(results: list[Result]) -> str:
+def html_page(results: list[Result], board: Board | None = None) -> str:
     """The self-contained HTML leaderboard (inline CSS, base64 PNG plots, no scripts)."""
-    methods, columns, cells = table(results)
+    methods, columns, cells = board = board or table(results)
     best = _best(methods, columns, cells, results)
     metas = _methods(results)
     zoo = results[0].zoo if results else {}
@@ -481,7 +486,7 @@ def html_page(results: list[Result]) -> str:
             parts.append(f"<td class='{klass}'>{esc(cells[(m, t, k)].text())}</td>")
         parts.append("</tr>")
     parts.append("</table>")
-    notes = _notes(results)
+    notes = _notes(results, board)
     if notes:
         parts.append("<ul class='note'>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
     na = _not_applicable(results)
@@ -524,8 +529,9 @@ def render(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "leaderboard.csv", "md": out / "leaderboard.md", "html": out / "leaderboard.html"}
-    _write(paths["csv"], leaderboard_frame(results).to_csv(index=False))
-    _write(paths["md"], markdown(results))
-    _write(paths["html"], html_page(results))
+    board = table(results)  # bootstrap intervals for every cell: computed once for all three files
+    _write(paths["csv"], leaderboard_frame(results, board).to_csv(index=False))
+    _write(paths["md"], markdown(results, board))
+    _write(paths["html"], html_page(results, board))
     log.info("leaderboard of %d result files written to %s", len(results), out)
     return paths
