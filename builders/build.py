@@ -40,7 +40,6 @@ from builders.engine import (
     TaskTensors,
     TrainResult,
     TrainSpec,
-    resolve_device,
     train_images,
     train_models,
 )
@@ -54,6 +53,7 @@ from modelset.architectures import build_architecture, canonical_kwargs
 from modelset.errors import SchemaError
 from modelset.folds import FoldConfig, make_folds
 from modelset.format import RELATIONS_DIR, TASKS_FILE
+from modelset.runtime import Runtime
 from modelset.shards import write_shard_file
 from modelset.tasks import INPUT_NORMS, Task, task_data
 from modelset.writer import ModelRecord, ModelSetWriter
@@ -377,9 +377,14 @@ def _record(res: TrainResult, task: Task, data: TaskTensors) -> ModelRecord:
     )
 
 
-def _setup_torch(cfg: Mapping[str, Any]) -> None:
-    # A fixed thread count and deterministic kernels make CPU builds bit-reproducible.
-    torch.set_num_threads(int(cfg.get("threads", 1)))
+def _runtime(cfg: Mapping[str, Any]) -> Runtime:
+    """The build's runtime: a fixed thread count (and so a fixed number of engine stacks) and
+    deterministic kernels make CPU builds bit-reproducible."""
+    return Runtime(device=str(cfg.get("device", "cpu")), threads=int(cfg.get("threads", 1)))
+
+
+def _setup_torch(runtime: Runtime) -> None:
+    runtime.apply()
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
@@ -389,10 +394,10 @@ def train_shard(shard: Sequence[TrainSpec], shared: Mapping[str, Any], path: Pat
     Module level so that Ray workers can import it; sets up torch as ``build`` does, since a
     worker is a fresh process.
     """
-    torch.set_num_threads(int(shared["threads"]))
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    runtime: Runtime = shared["runtime"]
+    _setup_torch(runtime)
     data, tasks = shared["data"], shared["tasks"]
-    results = train_models(shard, data, device=shared["device"], progress=shared["progress"])
+    results = train_models(shard, data, runtime, progress=shared["progress"])
     for r in results:
         bad = [k for k, v in r.final.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
         if bad:
@@ -424,8 +429,8 @@ def build(
     """
     cfg = load_config(config)
     out = Path(out)
-    _setup_torch(cfg)
-    device = str(resolve_device(cfg.get("device", "cpu")))
+    runtime = _runtime(cfg)
+    _setup_torch(runtime)
     tasks = tasks_from_config(cfg["tasks"])
     by_id = {t.task_id: t for t in tasks}
     specs = plan_models(cfg, tasks)
@@ -447,12 +452,12 @@ def build(
         data = load_task_tensors(tasks, cfg)
         bar = tqdm(total=len(specs), initial=len(specs) - sum(len(sh) for sh in todo),
                    desc="base models", unit="model", disable=not progress)  # fmt: skip
-        shared = {"data": data, "tasks": by_id, "device": device,
-                  "threads": int(cfg.get("threads", 1)), "progress": progress and executor == "local"}
+        shared = {"data": data, "tasks": by_id, "runtime": runtime,
+                  "progress": progress and executor == "local"}
         staging = out.parent / f".{out.name}.staging"  # beside the set: the set checksums its files
         # A shard's engine runs one stack per thread (the recipe's thread count): a Ray task asks
         # for that many CPUs.
-        ray_kwargs = {"cpus_per_shard": shared["threads"]} if executor == "ray" else {}
+        ray_kwargs = {"cpus_per_shard": runtime.n_threads} if executor == "ray" else {}
         with get_executor(executor, address=address, **ray_kwargs) as runner:
             for shard, path in runner.map_shards(train_shard, todo, staging, shared):
                 w.commit_shard_file(path)
@@ -472,7 +477,7 @@ def build(
                 rel = (w.header.get(RELIABILITY_FIELD) or {}).get("transfer_affinity")
                 log.info("transfer affinity already measured; kept")
             else:
-                aff, scratch, rel = _transfer(w, out, cfg, tasks, device, progress)
+                aff, scratch, rel = _transfer(w, out, cfg, tasks, runtime, progress)
             w.set_relation("transfer_affinity", aff)
             if rel is not None:  # before the task table: a resumed build finds it with the matrix
                 w.set_header_field(RELIABILITY_FIELD, {"transfer_affinity": rel})
@@ -486,7 +491,7 @@ def build(
 
         if cfg.get("variants"):
             t0 = time.perf_counter()
-            _variants(w, out, cfg, tasks, progress)
+            _variants(w, out, cfg, tasks, runtime, progress)
             card["Variant families"] = variant_card_text(cfg["variants"])
             timings["variants_s"] = time.perf_counter() - t0
         fold_cfg = FoldConfig.from_dict(cfg.get("folds"))
@@ -571,7 +576,7 @@ def _transfer(
     out: Path,
     cfg: Mapping[str, Any],
     tasks: Sequence[Task],
-    device: str,
+    runtime: Runtime,
     progress: bool,
 ) -> tuple[pd.DataFrame, pd.Series, dict[str, Any] | None]:
     """Measure transfer affinity from the first ``sources_per_task`` cnn3 base models of each task
@@ -597,7 +602,7 @@ def _transfer(
         bar.update(done - bar.n)
 
     result = transfer_affinity(
-        tasks, budget, sources, tc, seed=int(cfg.get("seed", 0)), device=device,
+        tasks, budget, sources, tc, seed=int(cfg.get("seed", 0)), runtime=runtime,
         progress=progress, on_chunk=on_chunk,
     )  # fmt: skip
     bar.close()
@@ -658,7 +663,12 @@ def _kwargs(value: Any) -> dict[str, Any]:
 
 
 def _variants(
-    w: ModelSetWriter, out: Path, cfg: Mapping[str, Any], tasks: Sequence[Task], progress: bool
+    w: ModelSetWriter,
+    out: Path,
+    cfg: Mapping[str, Any],
+    tasks: Sequence[Task],
+    runtime: Runtime,
+    progress: bool,
 ) -> None:
     """Apply each ``variants:`` entry's recipe to its parents; one shard per entry, so that the
     variants of all parents that share an architecture signature are one block (a bulk read of
@@ -683,7 +693,7 @@ def _variants(
     # shards are still written entry by entry, in order.
     plans: list[tuple[str, list[tuple[str, Any, Any]]]] = []
     table = w.table.set_index("model_id")  # nothing is written before every call is queued
-    with RecipePool(int(cfg.get("threads", 1))) as pool:
+    with RecipePool(runtime.n_threads) as pool:
         for ei, entry in enumerate(cfg["variants"]):
             recipe = variant_registry.get_recipe(str(entry["recipe"]))
             key = str(entry.get("key", entry["recipe"]))

@@ -40,7 +40,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 
 import modelset.architectures.resnet  # noqa: F401  (registers resnet_tiny for the engine)
 from modelset.architectures import build_architecture, canonical_kwargs
+from modelset.runtime import Runtime
 from modelset.tasks import INPUT_NORMS, convert_input_norm, input_norm_affine
 
 log = logging.getLogger(__name__)
@@ -761,20 +762,13 @@ def _check_group(specs: list[TrainSpec], data: Mapping[str, TaskTensors]) -> Non
             )
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/None → CUDA when present, else CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def train_models(
     specs: Iterable[TrainSpec],
     data: Mapping[str, TaskTensors],
-    device: str | torch.device | None = "cpu",
+    runtime: Runtime | None = None,
+    *,
     progress: bool = True,
     inits: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
-    workers: int | None = None,
 ) -> list[TrainResult]:
     """Train every model of ``specs`` at once; results in the order of ``specs``.
 
@@ -782,20 +776,19 @@ def train_models(
     may differ. ``data`` maps task id → :class:`TaskTensors`. ``inits`` optionally maps a model id
     to a state dict to start from (fine-tuning).
 
-    On the CPU the models are split into ``workers`` stacks (default: ``torch.get_num_threads()``),
+    ``runtime`` (default: ``Runtime("cpu")``) gives the device and, on the CPU, the number of
+    stacks (``runtime.n_workers``): the models are split into that many stacks,
     each trained by its own thread with single-threaded kernels: the small kernels of these models
     leave a core half idle when one call is split across threads, while separate stacks keep every
     core busy. Training is deterministic on the CPU for a given list of specs and worker count.
     """
     specs = list(specs)
     _check_group(specs, data)
-    dev = resolve_device(device)
+    runtime = runtime if runtime is not None else Runtime("cpu")
+    dev = runtime.torch_device
     if dev.type == "cpu":
         _keep_freed_memory_in_process()
-    n_workers = 1 if dev.type != "cpu" else (workers or torch.get_num_threads())
-    if n_workers < 1:
-        raise ValueError(f"workers must be at least 1, got {n_workers}")
-    parts = split_by_steps(specs, data, n_workers)
+    parts = split_by_steps(specs, data, runtime.n_workers)
     t0 = time.perf_counter()
     # Counts model-steps, so the time left holds while stacks shrink; the postfix counts models.
     bar = tqdm(total=sum(_steps(specs, data)), desc=f"engine {specs[0].architecture}×{len(specs)}",
@@ -816,7 +809,7 @@ def train_models(
     if len(parts) == 1:
         trained = [_train_stack(specs, data, dev, inits, advance)]
     else:
-        with kernels_single_threaded(), ThreadPoolExecutor(len(parts), "engine") as pool:
+        with Runtime.worker_threads(1), ThreadPoolExecutor(len(parts), "engine") as pool:
             futures = [
                 pool.submit(_train_stack, [specs[i] for i in part], data, dev, inits, advance)
                 for part in parts
@@ -864,18 +857,6 @@ def _steps(specs: list[TrainSpec], data: Mapping[str, TaskTensors]) -> list[int]
     return [_Batches(s, data[s.task_id].x_train.shape[0]).total for s in specs]
 
 
-@contextlib.contextmanager
-def kernels_single_threaded() -> Iterator[None]:
-    """One intra-op thread per kernel for the duration (worker threads, recipe calls); the
-    thread count is given back afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _train_stack(
     specs: list[TrainSpec],
     data: Mapping[str, TaskTensors],
@@ -884,8 +865,18 @@ def _train_stack(
     advance: Callable[[int, int], None],
 ) -> list[TrainResult]:
     """Train ``specs`` in lock step as one stack; results in the order of ``specs``."""
-    if threading.current_thread() is not threading.main_thread():
-        torch.set_num_threads(1)  # OpenMP's thread count is per thread: set it in this one too
+    single = threading.current_thread() is not threading.main_thread()
+    with Runtime.worker_threads(1) if single else contextlib.nullcontext():
+        return _train_stack_here(specs, data, dev, inits, advance)
+
+
+def _train_stack_here(
+    specs: list[TrainSpec],
+    data: Mapping[str, TaskTensors],
+    dev: torch.device,
+    inits: Mapping[str, Mapping[str, torch.Tensor]] | None,
+    advance: Callable[[int, int], None],
+) -> list[TrainResult]:
     # All tasks' training images in one tensor; a model's batch is an offset into it.
     task_ids = sorted({s.task_id for s in specs})
     offsets, xs, ys = {}, [], []

@@ -74,9 +74,9 @@ class LocalExecutor:
 
 def _run_shard(fn: ShardFn, spec: Any, shared: Any, threads: int) -> bytes:
     """A Ray task: build one shard into a private temporary file and return its bytes."""
-    import torch
+    from modelset.runtime import Runtime
 
-    torch.set_num_threads(threads)  # one shard per CPU: no oversubscription on the worker
+    Runtime(threads=threads).apply()  # one shard per CPU: no oversubscription on the worker
     with tempfile.TemporaryDirectory(prefix="modelset-shard-") as folder:
         path = Path(folder) / "shard.h5"
         fn(spec, shared, path)

@@ -35,6 +35,7 @@ from scipy.stats import spearmanr
 
 from builders.engine import TaskTensors, TrainSpec, train_models
 from modelset.architectures import build_architecture, canonical_kwargs
+from modelset.runtime import Runtime
 from modelset.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -200,7 +201,7 @@ def transfer_affinity(
     sources: Mapping[str, Sequence[Source]],
     cfg: TransferConfig,
     seed: int = 0,
-    device: str = "cpu",
+    runtime: Runtime | None = None,
     progress: bool = True,
     on_chunk: Callable[[int, int], None] | None = None,
 ) -> TransferResult:
@@ -214,7 +215,7 @@ def transfer_affinity(
     chunks = [specs[i : i + cfg.chunk] for i in range(0, len(specs), cfg.chunk)]
     acc: dict[str, float] = {}
     for ci, chunk in enumerate(chunks):
-        for res in train_models(chunk, data, device=device, progress=progress, inits=inits):
+        for res in train_models(chunk, data, runtime, progress=progress, inits=inits):
             acc[res.spec.model_id] = res.test_accuracy
         if on_chunk is not None:
             on_chunk(ci + 1, len(chunks))

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from builders.engine import TaskTensors, TrainSpec, init_model, train_models, train_plain
+from modelset.runtime import Runtime
 from modelset.tasks import Task, task_data
 
 
@@ -82,7 +83,7 @@ def main() -> None:
     p.add_argument("--config", default="configs/modelset500.yaml", help="whose recipe draws --recipes uses")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(args.threads)
+    runtime = Runtime("cpu", threads=args.threads, workers=args.workers).apply()
 
     task = Task("bench", "fashion_mnist", (0, 1, 2, 3, 4))
     x, y = task_data(task, "train", limit=args.train_limit)
@@ -104,12 +105,12 @@ def main() -> None:
         bench_recipes(args, specs, data)
         return
     # Untimed warm-up: oneDNN builds its kernels for each shape on first use.
-    train_models(specs, data, progress=False, workers=args.workers)
+    train_models(specs, data, runtime, progress=False)
     train_plain(specs[0], data["bench"])
     engine_times, plain_times = [], []
     for _ in range(args.repeats):
         t = time.perf_counter()
-        engine = train_models(specs, data, progress=False, workers=args.workers)
+        engine = train_models(specs, data, runtime, progress=False)
         engine_times.append(time.perf_counter() - t)
         t = time.perf_counter()
         plain = [train_plain(s, data["bench"]) for s in specs]
@@ -142,6 +143,7 @@ def main() -> None:
 
 def bench_recipes(args: argparse.Namespace, specs: list[TrainSpec], data: dict[str, TaskTensors]) -> None:
     """Engine time with the recipe knobs against the original recipe, same models, same run."""
+    runtime = Runtime("cpu", threads=args.threads, workers=args.workers)
     from builders.build import load_config, plan_models
     from builders.tasks import tasks_from_config
 
@@ -162,7 +164,7 @@ def bench_recipes(args: argparse.Namespace, specs: list[TrainSpec], data: dict[s
     ]  # fmt: skip
     variants = {"original": specs, f"{cfg['name']} draws": drawn, "every knob": every}
     for group in variants.values():  # untimed warm-up
-        train_models(group, data, progress=False, workers=args.workers)
+        train_models(group, data, runtime, progress=False)
     # CPU time of this process (all threads) besides wall time: on a shared machine it is far
     # less disturbed by other processes.
     times: dict[str, list[float]] = {name: [] for name in variants}
@@ -173,7 +175,7 @@ def bench_recipes(args: argparse.Namespace, specs: list[TrainSpec], data: dict[s
         for name in names[r % len(names) :] + names[: r % len(names)]:  # rotated: no position bias
             group = variants[name]
             t, c = time.perf_counter(), time.process_time()
-            res = train_models(group, data, progress=False, workers=args.workers)
+            res = train_models(group, data, runtime, progress=False)
             times[name].append(time.perf_counter() - t)
             cpu[name].append(time.process_time() - c)
             accs[name] = statistics.mean(r.test_accuracy for r in res)

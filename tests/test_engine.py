@@ -35,6 +35,7 @@ from builders.engine import (
     train_plain,
 )
 from modelset.datasets import dataset_info
+from modelset.runtime import Runtime
 from modelset.tasks import convert_input_norm
 
 # cnn3: each tensor within REL·‖t‖ + ABS of the plain loop (the worst tensor measured used 4.5 % of
@@ -91,7 +92,7 @@ def _flat(state: dict[str, torch.Tensor]) -> torch.Tensor:
 def _assert_same_training(specs: list[TrainSpec], data: dict, workers: int = 1) -> None:
     """The engine's models are the plain loop's, within the measured spread (module docstring)."""
     threads = torch.get_num_threads()
-    engine = train_models(specs, data, progress=False, workers=workers)
+    engine = train_models(specs, data, Runtime("cpu", workers=workers), progress=False)
     assert torch.get_num_threads() == threads  # worker threads give the thread count back
     for spec, res in zip(specs, engine):
         d = data[spec.task_id]
@@ -343,8 +344,8 @@ def test_engine_learns_and_flags(data) -> None:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_engine_is_deterministic(data, workers: int) -> None:
     specs = _specs("cnn3", {}, n=4)
-    a = train_models(specs, data, progress=False, workers=workers)
-    b = train_models(specs, data, progress=False, workers=workers)
+    a = train_models(specs, data, Runtime("cpu", workers=workers), progress=False)
+    b = train_models(specs, data, Runtime("cpu", workers=workers), progress=False)
     for ra, rb in zip(a, b):
         assert all(torch.equal(ra.final[k], rb.final[k]) for k in ra.final)
         assert ra.test_accuracy == rb.test_accuracy
@@ -358,8 +359,8 @@ def test_workers_get_stacks_of_equal_steps(data) -> None:
     assert sorted(sum(specs[i].epochs for i in p) for p in parts) == [6, 7]
     assert split_by_steps(specs, data, 2) == parts  # the same stacks every time
     assert len(split_by_steps(specs[:2], data, 8)) == 2  # never an empty stack
-    with pytest.raises(ValueError, match="workers must be at least 1"):
-        train_models(specs, data, progress=False, workers=-1)
+    with pytest.raises(ValueError, match="workers must be a positive integer"):
+        Runtime("cpu", workers=-1)
 
 
 def test_a_failing_stack_stops_the_others(data, monkeypatch) -> None:
@@ -380,14 +381,14 @@ def test_a_failing_stack_stops_the_others(data, monkeypatch) -> None:
     monkeypatch.setattr(engine._Stack, "step", failing_step)
     threads = torch.get_num_threads()
     with pytest.raises(RuntimeError, match="boom"):
-        train_models(specs, data, progress=False, workers=2)
+        train_models(specs, data, Runtime("cpu", workers=2), progress=False)
     assert steps["long"] < 30 * 8 // 2  # stopped early, not trained to the end
     assert torch.get_num_threads() == threads
 
 
 def test_progress_counts_model_steps_and_models(data, capsys) -> None:
     specs = _specs("cnn3", {}, n=3)  # 8, 16 and 24 steps
-    train_models(specs, data, progress=True, workers=2)
+    train_models(specs, data, Runtime("cpu", workers=2), progress=True)
     err = capsys.readouterr().err
     assert "engine cnn3×3" in err and "/48" in err  # model-steps of all stacks
     assert "models_done=3/3" in err

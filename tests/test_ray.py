@@ -15,6 +15,7 @@ import modelset
 from builders.executors import ExecutorError, LocalExecutor, RayExecutor, get_executor
 from modelset.architectures import build_architecture
 from modelset.errors import UnknownNameError
+from modelset.runtime import Runtime
 from modelset.shards import ModelRecord, write_shard_file
 from modelset.writer import ModelSetWriter
 
@@ -123,7 +124,7 @@ def mini_shard(specs: list, shared: dict, path: Path) -> None:
 
     torch.use_deterministic_algorithms(True, warn_only=True)  # as build() does: bitwise CPU results
     data, tasks = shared["data"], shared["tasks"]
-    results = train_models(specs, data, device="cpu", progress=False)
+    results = train_models(specs, data, Runtime("cpu"), progress=False)
     write_shard_file(path, [_record(r, tasks[r.spec.task_id], data[r.spec.task_id]) for r in results], "staging")
 
 

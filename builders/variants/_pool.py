@@ -18,14 +18,14 @@ from typing import Any
 
 import torch
 
-from builders.engine import kernels_single_threaded
+from modelset.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 
 def apply_recipe(recipe: Callable[..., Any], parent: Any, data: Any, seed: int, params: dict) -> Any:
     """``recipe(parent, data, seed, **params)`` on one kernel thread."""
-    with kernels_single_threaded():
+    with Runtime.worker_threads(1):
         return recipe(parent, data, seed, **params)
 
 
