@@ -23,8 +23,6 @@ from builders.engine import (
     SHIFT_PIXELS,
     TaskTensors,
     TrainSpec,
-    _Batches,
-    _FirstConv,
     apply_init,
     augment_images,
     init_model,
@@ -34,6 +32,9 @@ from builders.engine import (
     train_models,
     train_plain,
 )
+from builders.engine.kernels import FirstConv
+from builders.engine.recipe import Batches
+from builders.engine.stack import Stack
 from modelset.datasets import dataset_info
 from modelset.runtime import Runtime
 from modelset.tasks import convert_input_norm
@@ -267,7 +268,7 @@ def test_augmentation_changes_the_batch_but_not_the_labels(data) -> None:
     d = data[base.task_id]
     for augment in ("shift", "flip", "shift_flip"):
         spec = dataclasses.replace(base, augment=augment)
-        plain, aug = _Batches(base, 256), _Batches(spec, 256)
+        plain, aug = Batches(base, 256), Batches(spec, 256)
         for step in range(2 * aug.spe):
             idx = aug.at(step)
             assert torch.equal(idx, plain.at(step))  # same images and labels, same order
@@ -280,7 +281,7 @@ def test_augmentation_changes_the_batch_but_not_the_labels(data) -> None:
         # an engine run sees other inputs: the trained model differs, on the same labels
         a, b = train_models([base, dataclasses.replace(spec, model_id="aug")], data, progress=False)
         assert not torch.equal(a.final["conv1.weight"], b.final["conv1.weight"])
-    none = _Batches(base, 256)
+    none = Batches(base, 256)
     none.at(0)
     shifts, flips = none.augmentation(0)
     assert not shifts.any() and not flips.any()
@@ -308,14 +309,14 @@ def test_label_smoothing_loss_is_torchs() -> None:
 
 def test_train_fraction_sees_a_fixed_seeded_subset() -> None:
     spec = TrainSpec("f", "a", "cnn3", {"num_classes": 3}, 5, 0.1, 0.0, 32, "sgd", 3, train_fraction=0.625)
-    batches = _Batches(spec, 256)
+    batches = Batches(spec, 256)
     assert batches.n == 160 and batches.total == 3 * (160 // 32)
     epochs = [torch.cat([batches.at(e * batches.spe + b) for b in range(batches.spe)]) for e in range(3)]
     assert all(len(set(ep.tolist())) == 160 for ep in epochs)  # each image at most once an epoch
     assert all(set(ep.tolist()) == set(epochs[0].tolist()) for ep in epochs)  # the same subset
     assert set(epochs[0].tolist()) != set(range(160))  # drawn from the whole task, not its head
     assert not torch.equal(epochs[0], epochs[1])  # reshuffled every epoch
-    other = _Batches(dataclasses.replace(spec, seed=6), 256)
+    other = Batches(dataclasses.replace(spec, seed=6), 256)
     assert set(other.at(0).tolist()) != set(batches.at(0).tolist())
 
 
@@ -364,12 +365,10 @@ def test_workers_get_stacks_of_equal_steps(data) -> None:
 
 
 def test_a_failing_stack_stops_the_others(data, monkeypatch) -> None:
-    import builders.engine as engine
-
     specs = [TrainSpec("short", "a", "cnn3", {"num_classes": 3}, 0, 0.01, 0.0, 32, "sgd", 1),
              TrainSpec("long", "b", "cnn3", {"num_classes": 5}, 1, 0.01, 0.0, 32, "sgd", 30)]  # fmt: skip
     steps = {"short": 0, "long": 0}
-    step = engine._Stack.step
+    step = Stack.step
 
     def failing_step(self, step_no, lr_factor):
         name = self.specs[0].model_id
@@ -378,7 +377,7 @@ def test_a_failing_stack_stops_the_others(data, monkeypatch) -> None:
             raise RuntimeError("boom")
         return step(self, step_no, lr_factor)
 
-    monkeypatch.setattr(engine._Stack, "step", failing_step)
+    monkeypatch.setattr(Stack, "step", failing_step)
     threads = torch.get_num_threads()
     with pytest.raises(RuntimeError, match="boom"):
         train_models(specs, data, Runtime("cpu", workers=2), progress=False)
@@ -437,7 +436,7 @@ def test_stacked_first_conv_matches_per_model_conv(channels: int, stride: int, s
     x = torch.randn(m, b, channels, *size, generator=g)
     w = torch.randn(m, o, channels, 3, 3, generator=g).requires_grad_()
     bias = torch.randn(m, o, generator=g).requires_grad_()
-    out = _FirstConv.apply(x, w, bias, stride)  # (B, M*O, Ho, Wo)
+    out = FirstConv.apply(x, w, bias, stride)  # (B, M*O, Ho, Wo)
     refs = [F.conv2d(x[i], w[i], bias[i], stride=stride, padding=1) for i in range(m)]
     assert out.shape == (b, m * o, *refs[0].shape[2:])
     assert out.is_contiguous(memory_format=torch.channels_last)

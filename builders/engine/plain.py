@@ -1,0 +1,58 @@
+"""The reference: one model at a time, the ordinary way (``nn.Module`` + ``torch.optim``).
+
+The stacked engine is tested against this loop; both take a model's initialization, data order
+and augmentation from :mod:`builders.engine.recipe`."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from builders.engine.evaluation import chance, evaluate_model
+from builders.engine.recipe import Batches, augment_images, init_model, lr_factor
+from builders.engine.spec import ADAM_BETAS, ADAM_EPS, MOMENTUM, TaskTensors, TrainResult, TrainSpec
+from modelset.tasks import convert_input_norm
+
+
+def train_plain(spec: TrainSpec, data: TaskTensors, device: str = "cpu") -> TrainResult:
+    """Train one model the ordinary way (``nn.Module`` + ``torch.optim``): the reference.
+
+    Same initialization, data order, optimizer, schedule, augmentation, label smoothing, input
+    normalization and training subset as the engine.
+    """
+    model = init_model(spec).to(device)
+    init = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+    params = list(model.parameters())
+    if spec.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=spec.lr, momentum=MOMENTUM, weight_decay=spec.weight_decay)
+    else:
+        adam = torch.optim.Adam if spec.optimizer == "adam" else torch.optim.AdamW
+        opt = adam(params, lr=spec.lr, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=spec.weight_decay)
+    batches = Batches(spec, data.x_train.shape[0])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(spec.schedule, s, batches.total))
+    model.train()
+    losses: list[float] = []
+    for step in range(batches.total):
+        idx = batches.at(step)
+        xb = convert_input_norm(data.x_train[idx], data.dataset, spec.input_norm)
+        if spec.augment != "none":
+            xb = augment_images(xb, *batches.augmentation(step))
+        xb, yb = xb.to(device), data.y_train[idx].to(device)
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(xb), yb, label_smoothing=spec.label_smoothing)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step >= batches.total - batches.spe:
+            losses.append(loss.item())
+    accuracy = evaluate_model(model, spec, data, device)
+    final = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+    return TrainResult(
+        spec,
+        init,
+        final,
+        accuracy,
+        sum(losses) / max(1, len(losses)),
+        batches.total,
+        chance(data.y_test, data.num_classes),
+    )
