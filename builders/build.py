@@ -688,7 +688,7 @@ def _variants(
     tensors = load_task_tensors(tasks, cfg)
     for t in tasks:
         d = tensors[t.task_id]
-        vdata[t.task_id] = variant_registry.TaskTensors(d.x_train, d.y_train, d.x_test, d.y_test)
+        vdata[t.task_id] = d
     # Every (entry, parent) call is queued at once so the workers never wait for an entry to end;
     # shards are still written entry by entry, in order.
     plans: list[tuple[str, list[tuple[str, Any, Any]]]] = []

@@ -34,7 +34,7 @@ def _synthetic(seed: int = 0, n: int = 160) -> TaskTensors:
     patterns = torch.rand(N_CLASSES, 1, SIZE, SIZE, generator=g)
     y = torch.randint(0, N_CLASSES, (n,), generator=g)
     x = patterns[y] + 0.3 * torch.randn(n, 1, SIZE, SIZE, generator=g)
-    return TaskTensors(x[:96], y[:96], x[96:], y[96:])
+    return TaskTensors(x[:96], y[:96], x[96:], y[96:], N_CLASSES)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from builders.engine import TaskTensors  # the one task-data type; recipes use its test set and train_subset
 from builders.variants.flops import count_flops, count_sparse_flops
 from modelset.architectures import build_architecture
 from modelset.errors import ModelSetError
@@ -46,27 +47,6 @@ class Parent:
         model = build_architecture(self.architecture, dict(self.arch_kwargs))
         model.load_state_dict({k: v.clone() for k, v in self.state_dict.items()}, strict=True)
         return model
-
-
-@dataclass(frozen=True)
-class TaskTensors:
-    """A task's tensors: ``x_*`` ``(n, C, H, W)`` float32, ``y_*`` ``(n,)`` int64 labels."""
-
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.x_train.shape[1:])
-
-    def train_subset(self, n: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` training examples drawn without replacement with ``seed`` (all if ``n`` is None)."""
-        if n is None or n >= len(self.y_train):
-            return self.x_train, self.y_train
-        idx = torch.randperm(len(self.y_train), generator=torch.Generator().manual_seed(seed))[:n]
-        return self.x_train[idx], self.y_train[idx]
 
 
 @dataclass(frozen=True)
