@@ -32,7 +32,7 @@ from builders.engine import (
     train_models,
     train_plain,
 )
-from builders.engine.kernels import FirstConv
+from builders.engine.kernels import KERNELS, Cnn3Kernel, FirstConv, VmapKernel, kernel_for
 from builders.engine.recipe import Batches
 from builders.engine.stack import Stack
 from modelset.datasets import dataset_info
@@ -446,3 +446,20 @@ def test_stacked_first_conv_matches_per_model_conv(channels: int, stride: int, s
     ref_w, ref_b = torch.autograd.grad((torch.cat(refs, 1) * upstream).sum(), (w, bias))
     torch.testing.assert_close(grad_w, ref_w, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(grad_b, ref_b, rtol=1e-4, atol=1e-4)
+
+
+def test_kernels_by_architecture_agree_with_the_vmap_fallback() -> None:
+    """cnn3 has its own stacked kernel; other architectures run under vmap, which computes the
+    same logits for cnn3 as its own kernel does."""
+    assert kernel_for("cnn3") is Cnn3Kernel and "cnn3" in KERNELS
+    assert kernel_for("resnet_tiny") is VmapKernel  # no kernel of its own
+    specs = _specs("cnn3", {"strides": [2, 2, 1]}, n=3)
+    stack = Stack(specs, torch.device("cpu"))
+    assert isinstance(stack.kernel, Cnn3Kernel)
+    x = torch.randn(3, 4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    own = stack.kernel(stack.params, stack.buffers, x, True)
+    generic = VmapKernel("cnn3", stack.kwargs)(stack.params, stack.buffers, x, True)
+    assert own.shape == generic.shape == (3, 4, 5)
+    torch.testing.assert_close(own, generic, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="plain strided convolutions"):
+        Cnn3Kernel("cnn3", {"num_classes": 3, "downsample": "shape_adaptor"})
