@@ -10,7 +10,7 @@ least disturbed) and as the median of the paired runs.
 
 With ``--threads 2`` the plain loop splits each kernel over both threads, and the engine trains
 two stacks side by side, one per thread (its default ``workers``). The engine keeps freed memory
-in the process (a glibc allocator setting, see ``builders.engine``); the plain loop runs in the
+in the process (a glibc allocator setting, see ``builders.engine.memory``); the plain loop runs in the
 same process, so both run with the same allocator.
 
     python scripts/bench_engine.py --threads 2
