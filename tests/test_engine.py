@@ -463,3 +463,35 @@ def test_kernels_by_architecture_agree_with_the_vmap_fallback() -> None:
     torch.testing.assert_close(own, generic, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="plain strided convolutions"):
         Cnn3Kernel("cnn3", {"num_classes": 3, "downsample": "shape_adaptor"})
+
+
+def test_trajectory_checkpoints_leave_training_unchanged(data) -> None:
+    """Kept epochs are the plain loop's checkpoints at those epochs, with their figures, and
+    keeping them changes no final parameter (bit identity with the same specs untraced)."""
+    specs = [dataclasses.replace(s, epochs=3) for s in _specs("cnn3", {"strides": [2, 2, 2]}, n=4)]
+    traced = [dataclasses.replace(s, checkpoint_epochs=(1, 2)) for s in specs]
+    plain = train_models(specs, data, Runtime("cpu", workers=2), progress=False)
+    kept = train_models(traced, data, Runtime("cpu", workers=2), progress=False)
+    for a, b, spec in zip(plain, kept, traced):
+        assert not a.checkpoints and not a.trajectory
+        for key in a.final:
+            assert torch.equal(a.final[key], b.final[key]), key
+        assert a.test_accuracy == b.test_accuracy and a.train_loss == b.train_loss
+        assert sorted(b.checkpoints) == ["epoch_1", "epoch_2"]
+        assert list(b.trajectory) == ["init", "epoch_1", "epoch_2", "final"]
+        spe = b.steps // spec.epochs
+        assert [b.trajectory[n]["step"] for n in b.trajectory] == [0, spe, 2 * spe, 3 * spe]
+        assert b.trajectory["init"]["train_loss"] is None
+        assert b.trajectory["final"]["test_accuracy"] == b.test_accuracy
+        ref = train_plain(spec, data[spec.task_id])
+        assert list(ref.trajectory) == list(b.trajectory)
+        d = data[spec.task_id]
+        for name, figures in ref.trajectory.items():
+            wrong = abs(figures["test_accuracy"] - b.trajectory[name]["test_accuracy"]) * d.x_test.shape[0]
+            assert wrong <= 1.5, (name, wrong)
+        for name in ("epoch_1", "epoch_2"):
+            for key, tensor in ref.checkpoints[name].items():
+                gap = float((b.checkpoints[name][key].double() - tensor.double()).norm())
+                assert gap <= CNN3_REL * float(tensor.double().norm()) + CNN3_ABS, (name, key, gap)
+    with pytest.raises(ValueError, match="checkpoint_epochs must be distinct epochs from 1 to 2"):
+        dataclasses.replace(specs[0], checkpoint_epochs=(3,))

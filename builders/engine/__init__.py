@@ -57,6 +57,7 @@ from builders.engine.spec import (
     TaskTensors,
     TrainResult,
     TrainSpec,
+    checkpoint_name,
 )
 
 __all__ = [
@@ -81,6 +82,7 @@ __all__ = [
     "TrainSpec",
     "apply_init",
     "augment_images",
+    "checkpoint_name",
     "cosine_factor",
     "data_generator",
     "evaluate_stack",

@@ -10,7 +10,15 @@ import torch.nn.functional as F
 
 from builders.engine.evaluation import chance, evaluate_model
 from builders.engine.recipe import Batches, augment_images, init_model, lr_factor
-from builders.engine.spec import ADAM_BETAS, ADAM_EPS, MOMENTUM, TaskTensors, TrainResult, TrainSpec
+from builders.engine.spec import (
+    ADAM_BETAS,
+    ADAM_EPS,
+    MOMENTUM,
+    TaskTensors,
+    TrainResult,
+    TrainSpec,
+    checkpoint_name,
+)
 from modelset.tasks import convert_input_norm
 
 
@@ -30,6 +38,13 @@ def train_plain(spec: TrainSpec, data: TaskTensors, device: str = "cpu") -> Trai
         opt = adam(params, lr=spec.lr, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=spec.weight_decay)
     batches = Batches(spec, data.x_train.shape[0])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(spec.schedule, s, batches.total))
+    trajectory: dict[str, dict] = {}
+    kept: dict[str, dict[str, torch.Tensor]] = {}
+    if spec.checkpoint_epochs:
+        trajectory["init"] = {"epoch": 0, "step": 0, "test_accuracy": evaluate_model(model, spec, data, device),
+                              "train_loss": None}  # fmt: skip
+    keep_at = {e * batches.spe: e for e in spec.checkpoint_epochs}
+    epoch_losses: list[float] = []
     model.train()
     losses: list[float] = []
     for step in range(batches.total):
@@ -45,9 +60,19 @@ def train_plain(spec: TrainSpec, data: TaskTensors, device: str = "cpu") -> Trai
         sched.step()
         if step >= batches.total - batches.spe:
             losses.append(loss.item())
+        epoch_losses.append(loss.item())
+        if step + 1 in keep_at:
+            name = checkpoint_name(keep_at[step + 1])
+            kept[name] = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+            trajectory[name] = {"epoch": keep_at[step + 1], "step": step + 1,
+                                "test_accuracy": evaluate_model(model, spec, data, device),
+                                "train_loss": sum(epoch_losses) / len(epoch_losses)}  # fmt: skip
+            model.train()
+        if (step + 1) % batches.spe == 0:
+            epoch_losses = []
     accuracy = evaluate_model(model, spec, data, device)
     final = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
-    return TrainResult(
+    result = TrainResult(
         spec,
         init,
         final,
@@ -56,3 +81,8 @@ def train_plain(spec: TrainSpec, data: TaskTensors, device: str = "cpu") -> Trai
         batches.total,
         chance(data.y_test, data.num_classes),
     )
+    if spec.checkpoint_epochs:
+        result.checkpoints = kept
+        result.trajectory = {**trajectory, "final": {"epoch": spec.epochs, "step": batches.total,
+                                                     "test_accuracy": accuracy, "train_loss": result.train_loss}}  # fmt: skip
+    return result

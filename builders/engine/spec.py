@@ -37,7 +37,9 @@ class TrainSpec:
 
     The fields after ``epochs`` default to the original recipe. ``train_fraction`` is the share of
     the task's training images the model sees (a subset drawn from its seed); ``recipe_family``
-    is a label (the config's recipe family), not part of training.
+    is a label (the config's recipe family), not part of training. ``checkpoint_epochs`` lists the
+    epochs (``1 <= e < epochs``) after which the parameters are also kept, as checkpoints named
+    ``epoch_{e}`` beside ``init`` and ``final`` (a training trajectory; training is unchanged).
     """
 
     model_id: str
@@ -57,8 +59,16 @@ class TrainSpec:
     input_norm: str = "standard"
     train_fraction: float = 1.0
     recipe_family: str = "zoo"
+    checkpoint_epochs: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "checkpoint_epochs", tuple(self.checkpoint_epochs))
+        bad = [e for e in self.checkpoint_epochs if type(e) is not int or not 1 <= e < self.epochs]
+        if bad or len(set(self.checkpoint_epochs)) != len(self.checkpoint_epochs):
+            raise ValueError(
+                f"model {self.model_id}: checkpoint_epochs must be distinct epochs from 1 to "
+                f"{self.epochs - 1} (the last epoch is the final checkpoint), got {self.checkpoint_epochs}"
+            )
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("init", INITS),
                               ("augment", AUGMENTS), ("input_norm", INPUT_NORMS)):  # fmt: skip
             if getattr(self, name) not in allowed:
@@ -112,9 +122,20 @@ class TaskTensors:
         return self.x_train[idx], self.y_train[idx]
 
 
+def checkpoint_name(epoch: int) -> str:
+    """The name of the checkpoint kept after ``epoch`` (``spec.checkpoint_epochs``)."""
+    return f"epoch_{epoch}"
+
+
 @dataclass
 class TrainResult:
-    """A trained model: its initial and final state dicts and its measured figures."""
+    """A trained model: its initial and final state dicts and its measured figures.
+
+    With ``spec.checkpoint_epochs``, ``checkpoints`` holds the state dict kept after each of those
+    epochs (by :func:`checkpoint_name`) and ``trajectory`` the figures of every checkpoint,
+    ``init`` and ``final`` included: ``{name: {"epoch", "step", "test_accuracy", "train_loss"}}``
+    (``train_loss``: the mean over that epoch; ``None`` for ``init``). Both are empty otherwise.
+    """
 
     spec: TrainSpec
     init: dict[str, torch.Tensor]
@@ -124,6 +145,8 @@ class TrainResult:
     steps: int
     chance: float
     extra: dict[str, Any] = field(default_factory=dict)
+    checkpoints: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    trajectory: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def below_chance(self) -> bool:

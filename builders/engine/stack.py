@@ -24,7 +24,7 @@ from builders.engine.evaluation import chance, evaluate_stack
 from builders.engine.kernels import kernel_for
 from builders.engine.optimizer import StackedOptimizer
 from builders.engine.recipe import Batches, augment_images, init_model, lr_factor, smoothed_cross_entropy
-from builders.engine.spec import TaskTensors, TrainResult, TrainSpec
+from builders.engine.spec import TaskTensors, TrainResult, TrainSpec, checkpoint_name
 from modelset.tasks import input_norm_affine
 
 
@@ -219,6 +219,14 @@ def train_stack(
     order = list(range(len(specs)))  # positions in ``specs`` of the models still in the stack
     results: dict[int, TrainResult] = {}
     last_losses: dict[int, list[float]] = {i: [] for i in order}
+    # Trajectories: the step after which each kept epoch ends, and the figures gathered so far.
+    keep_at = [{e * b.spe: e for e in s.checkpoint_epochs} for s, b in zip(specs, batches)]
+    kept: dict[int, dict[str, dict[str, torch.Tensor]]] = {i: {} for i in order}
+    trajectory: dict[int, dict[str, dict]] = {i: {} for i in order}
+    epoch_losses: dict[int, list[float]] = {i: [] for i in order}
+    traced = [j for j, i in enumerate(order) if specs[i].checkpoint_epochs]
+    if traced:
+        _keep(stack, traced, order, data, dev, kept, trajectory, epoch=0, step=0, losses=None)
     for step in range(max(b.total for b in batches)):
         idx = torch.stack([batches[i].at(step) + offsets[specs[i].task_id] for i in order]).to(dev)  # (M, B)
         xb, yb = stack.inputs(x_all[idx]), y_all[idx]  # (M, B, C, H, W), (M, B)
@@ -232,10 +240,26 @@ def train_stack(
         for i, loss in zip(order, per_model.detach().tolist()):
             if step >= batches[i].total - batches[i].spe:
                 last_losses[i].append(loss)
+            if specs[i].checkpoint_epochs:
+                epoch_losses[i].append(loss)
+        for j, i in enumerate(order):
+            if step + 1 in keep_at[i]:
+                _keep(stack, [j], order, data, dev, kept, trajectory, epoch=keep_at[i][step + 1],
+                      step=step + 1, losses=epoch_losses)  # fmt: skip
+            if specs[i].checkpoint_epochs and (step + 1) % batches[i].spe == 0:
+                epoch_losses[i] = []
         done = [j for j, i in enumerate(order) if batches[i].total == step + 1]
         advance(len(order), len(done))
         if done:
             _finish(stack, done, order, data, results, last_losses, batches, dev)
+            for j in done:
+                i = order[j]
+                if specs[i].checkpoint_epochs:
+                    r = results[i]
+                    r.checkpoints = kept.pop(i)
+                    r.trajectory = {**trajectory.pop(i), "final": {
+                        "epoch": specs[i].epochs, "step": r.steps, "test_accuracy": r.test_accuracy,
+                        "train_loss": r.train_loss}}  # fmt: skip
             keep = [j for j in range(len(order)) if j not in done]
             order = [order[j] for j in keep]
             if order:
@@ -258,6 +282,33 @@ def _augment_stack(
         len(positions), b, *xb.shape[2:]
     )
     return xb
+
+
+@torch.no_grad()
+def _keep(
+    stack: Stack,
+    positions: list[int],
+    order: list[int],
+    data: Mapping[str, TaskTensors],
+    dev: torch.device,
+    kept: dict[int, dict[str, dict[str, torch.Tensor]]],
+    trajectory: dict[int, dict[str, dict]],
+    epoch: int,
+    step: int,
+    losses: dict[int, list[float]] | None,
+) -> None:
+    """Keep the parameters of the models at stack ``positions`` after ``epoch`` (0: their
+    initialization) with their test accuracy and the epoch's mean training loss."""
+    sub = stack.subset(positions)
+    accs = evaluate_stack(sub, data, dev)
+    for pos, j in enumerate(positions):
+        i = order[j]
+        name = "init" if epoch == 0 else checkpoint_name(epoch)
+        if epoch:
+            kept[i][name] = sub.state_dict(pos)
+        epoch_loss = losses[i] if losses is not None else []
+        trajectory[i][name] = {"epoch": epoch, "step": step, "test_accuracy": accs[pos],
+                               "train_loss": sum(epoch_loss) / len(epoch_loss) if epoch_loss else None}  # fmt: skip
 
 
 @torch.no_grad()
