@@ -82,8 +82,8 @@ def _import_user_modules(args: argparse.Namespace) -> None:
             raise ModelSetError(f"--import {module}: {exc}; give an importable module name (on PYTHONPATH)") from exc
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``python -m benchmarks`` on ``argv``; the exit status (1 if a result failed)."""
+def command_line() -> CommandLine:
+    """This command line: its parser and commands (``main`` runs it)."""
     cli = CommandLine(prog_name("benchmarks", "modelset-bench"), __doc__, prepare=_import_user_modules)
     cli.parser.add_argument(
         "--import", dest="imports", action="append", default=[], metavar="MODULE",
@@ -106,4 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     board.add_argument("--methods", nargs="+", metavar="NAME",
                        help="only these methods (default: every method with results)")
     cli.commands.add("list", "list registered methods and tracks", _list)
-    return cli.main(argv)
+    return cli
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``python -m benchmarks`` on ``argv`` (default ``sys.argv[1:]``); the exit status (1 if a result failed)."""
+    return command_line().main(argv)

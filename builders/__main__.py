@@ -24,8 +24,8 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``python -m builders`` on ``argv``; the exit status."""
+def command_line() -> CommandLine:
+    """This command line: its parser and commands (``main`` runs it)."""
     # A build runs for minutes to hours: it reports its shards and timings at INFO by default.
     cli = CommandLine(prog_name("builders", "modelset-build"), __doc__, log_level="INFO")
     b = cli.commands.add("build", "build (or resume building) a model set from a config", _build)
@@ -38,7 +38,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="Ray cluster address (default: RAY_ADDRESS, else a local Ray instance)")
     b.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     add_variant_commands(cli.commands.group("variants", "the variant recipes and the comparison tables of a set"))
-    return cli.main(argv)
+    return cli
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``python -m builders`` on ``argv`` (default ``sys.argv[1:]``); the exit status."""
+    return command_line().main(argv)
 
 
 if __name__ == "__main__":

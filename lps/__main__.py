@@ -193,8 +193,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``python -m lps`` on ``argv``; the exit status."""
+def command_line() -> CommandLine:
+    """This command line: its parser and commands (``main`` runs it)."""
     cli = CommandLine(prog_name("lps", "modelset-lps"), __doc__)
     p = cli.commands.add("train", "train LPS on each task fold's training models and save the checkpoints", cmd_train)
     add_zoo(p)
@@ -244,7 +244,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.add_argument("--json", action="store_true", help="print the hits as JSON")
     out.add_argument("--csv", action="store_true", help="print the hits as CSV")
     add_runtime(s)
-    return cli.main(argv)
+    return cli
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``python -m lps`` on ``argv`` (default ``sys.argv[1:]``); the exit status."""
+    return command_line().main(argv)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,8 @@ class Commands:
     def __init__(self, parser: argparse.ArgumentParser, parent: argparse.ArgumentParser, depth: int = 0) -> None:
         self._parent = parent
         self._depth = depth
-        self._sub = parser.add_subparsers(dest=f"command_{depth}", required=True, metavar="COMMAND")
+        self._sub = parser.add_subparsers(dest=f"command_{depth}", required=True, metavar="COMMAND",
+                                          title="commands", help="run `COMMAND --help` for its options")
 
     def add(self, name: str, help: str, func: Command, description: str | None = None) -> argparse.ArgumentParser:
         parser = self._sub.add_parser(name, help=help, description=description or help, parents=[self._parent])

@@ -72,6 +72,7 @@ def _export_cli(args: argparse.Namespace) -> int:
 
 
 def command_line() -> CommandLine:
+    """This command line: its parser and commands (``main`` runs it)."""
     cli = CommandLine(prog_name("modelset", "modelset"), __doc__)
     info = cli.commands.add("info", "print a summary of a model set", _info)
     add_zoo(info, legacy_positional=True)

@@ -35,11 +35,16 @@ def add_commands(commands: Commands) -> None:
     commands.add("list", "list the registered variant recipes", _list)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``python -m builders.variants`` on ``argv``; the exit status."""
+def command_line() -> CommandLine:
+    """This command line: its parser and commands (``main`` runs it)."""
     cli = CommandLine(prog_name("builders.variants", "modelset-build variants"), __doc__)
     add_commands(cli.commands)
-    return cli.main(argv)
+    return cli
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``python -m builders.variants`` on ``argv`` (default ``sys.argv[1:]``); the exit status."""
+    return command_line().main(argv)
 
 
 if __name__ == "__main__":
