@@ -1,5 +1,5 @@
 """``python -m builders`` (console script ``modelset-build``): build a model set from a config,
-``build --config configs/modelset500.yaml --out data/modelset500``; ``variants tables|list`` as
+``build --config configs/modelset500.yaml --zoo data/modelset500``; ``variants tables|list`` as
 ``python -m builders.variants``.
 
 The build's threads and device are the config's ``threads`` and ``device`` (they fix the number
