@@ -50,7 +50,8 @@ def _pack_cli(args: argparse.Namespace) -> int:
     from modelset.release import INDEX_FILE, pack
 
     target = pack(args.zoo, args.out, archive=not args.no_archive)
-    print(f"release written to {target} (index {target / INDEX_FILE}; archive {target}.tar)")
+    archive = f"; archive {target}.tar" if not args.no_archive else ""
+    print(f"release written to {target} (index {target / INDEX_FILE}{archive})")
     return 0
 
 
