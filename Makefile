@@ -5,6 +5,7 @@ CONFIG   ?= configs/modelset500.yaml
 MODELSET ?= data/modelset500
 RESULTS  ?= results
 LPS_DIR  ?= $(RESULTS)/lps
+THREADS  ?=
 DIST     ?= dist
 VENV     ?= .venv
 PY       := $(VENV)/bin/python
@@ -12,6 +13,8 @@ SYSPY    ?= python3
 FMNIST   := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP    := $(VENV)/.installed
+# CPU threads of the LPS and benchmark commands (empty: every core); a build's come from its config.
+RUNTIME  := $(if $(THREADS),--threads $(THREADS))
 
 export PYTHONPATH := $(CURDIR)
 
@@ -30,11 +33,11 @@ $(STAMP): pyproject.toml
 	touch $@
 
 modelset: setup
-	$(PY) -m builders build --config $(CONFIG) --out $(MODELSET)
+	$(PY) -m builders build --config $(CONFIG) --zoo $(MODELSET)
 	@echo "model set written to $(MODELSET)"
 
 variants: setup
-	$(PY) -m builders.variants tables --modelset $(MODELSET) --out $(RESULTS)/variants
+	$(PY) -m builders variants tables --zoo $(MODELSET) --out $(RESULTS)/variants
 	@echo "variant tables written to $(RESULTS)/variants"
 
 # LPS for every task fold (checkpoints in LPS_DIR, reused by `make bench`), scored by the benchmark
@@ -43,15 +46,15 @@ variants: setup
 LPS_METHODS := lps lps_contrastive flat_cosine random oracle shape_only recipe_only
 
 lps: setup
-	$(PY) -m benchmarks run --zoo $(MODELSET) --results $(RESULTS)/runs --cache $(LPS_DIR) --methods $(LPS_METHODS)
+	$(PY) -m benchmarks run --zoo $(MODELSET) --results $(RESULTS)/runs --cache $(LPS_DIR) --methods $(LPS_METHODS) $(RUNTIME)
 	$(PY) -m benchmarks leaderboard --results $(RESULTS)/runs --out $(LPS_DIR) --methods $(LPS_METHODS)
-	$(PY) -m lps train --zoo $(MODELSET) --out $(LPS_DIR) --folds --all-tasks
-	$(PY) -m lps index --zoo $(MODELSET) --lps $(LPS_DIR)/search
-	$(PY) -m lps calibrate --zoo $(MODELSET) --out $(LPS_DIR)
+	$(PY) -m lps train --zoo $(MODELSET) --out $(LPS_DIR) --folds --all-tasks $(RUNTIME)
+	$(PY) -m lps index --zoo $(MODELSET) --lps $(LPS_DIR)/search $(RUNTIME)
+	$(PY) -m lps calibrate --zoo $(MODELSET) --out $(LPS_DIR) $(RUNTIME)
 	@echo "LPS checkpoints and their scores written to $(LPS_DIR) (leaderboard.md)"
 
 bench: setup
-	$(PY) -m benchmarks run --zoo $(MODELSET) --results $(RESULTS)/runs --cache $(LPS_DIR)
+	$(PY) -m benchmarks run --zoo $(MODELSET) --results $(RESULTS)/runs --cache $(LPS_DIR) $(RUNTIME)
 	@echo "benchmark results written to $(RESULTS)/runs"
 
 leaderboard: setup
@@ -59,7 +62,7 @@ leaderboard: setup
 	@echo "leaderboard written to $(RESULTS)/leaderboard.{csv,md,html}"
 
 dist: setup
-	$(PY) -m modelset pack $(MODELSET) --out $(DIST)
+	$(PY) -m modelset pack --zoo $(MODELSET) --out $(DIST)
 	@echo "release written to $(DIST)"
 
 all: setup

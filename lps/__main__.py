@@ -1,4 +1,4 @@
-"""Command line: ``python -m lps train``, ``calibrate``, ``index`` and ``search``.
+"""``python -m lps`` (console script ``modelset-lps``): ``train``, ``calibrate``, ``index`` and ``search``.
 
 ``train`` fits LPS on the training models of each task fold of the set (``splits/folds.json``)
 and saves one checkpoint per fold into ``--out`` (reused by the benchmark's LPS methods, which
@@ -13,14 +13,15 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 # Heavy modules (torch, pandas, the set reader) are imported inside the commands: a search's
 # start-up time is most of its answer time.
 from lps.search import SEARCH_DIR, default_lps_folders, find_lps
+from modelset._cli import CommandLine, add_runtime, add_zoo, prog_name
 from modelset.errors import ModelSetError
 
 #: File endings taken from a folder given to ``lps search``.
@@ -28,13 +29,10 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import torch
-
     import modelset
     from lps.splits import fold, load_folds
     from lps.train import train_cached
 
-    torch.set_num_threads(args.threads)
     ms = modelset.open(args.zoo)
     out = Path(args.out)
     folds = load_folds(ms)
@@ -94,13 +92,10 @@ def checkpoint_paths(patterns: list[str]) -> list[Path]:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    import torch
-
     import modelset
     from lps.index import build_index, describe
     from lps.model import LPS
 
-    torch.set_num_threads(args.threads)
     folder = _lps_folder(args)
     index = build_index(LPS.load(folder), modelset.open(args.zoo), folder)
     print(f"zoo index written: {describe(index)}")
@@ -111,14 +106,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise ModelSetError(f"-k must be at least 1, got {args.k}")
     paths = checkpoint_paths(args.checkpoint)
-    import torch
-
     from lps.calibration import CALIBRATION_FILE, GOOD_MATCH, Calibration
     from lps.index import load_index
     from lps.model import LPS
     from lps.search import load_checkpoint, search
 
-    torch.set_num_threads(args.threads)
     # Every checkpoint is read and checked (finite, dense, known layout) before the zoo is touched:
     # a bad file is refused at once, however large the zoo.
     states, failed = [], 0
@@ -182,14 +174,11 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    import torch
-
     import modelset
     from lps.calibration import fit_calibration
     from lps.splits import load_folds
     from lps.train import train_cached
 
-    torch.set_num_threads(args.threads)
     ms = modelset.open(args.zoo)
     out = Path(args.out)
     folds = load_folds(ms)
@@ -204,43 +193,47 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lps", description=__doc__.split("\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train LPS on each task fold's training models and save the checkpoints")
-    p.add_argument("--zoo", required=True, help="model set folder")
-    p.add_argument("--out", required=True, help="output folder (a checkpoint cache shared with the benchmarks)")
-    p.add_argument("--folds", type=int, nargs="*", default=None, help="fold numbers (default: every fold of the set; none with --all-tasks alone)")
-    p.add_argument("--all-tasks", action="store_true", help=f"also train on every model, saved as {SEARCH_DIR}/ for search")
-    p.add_argument("--mode", choices=("pairs", "contrastive"), default="pairs")
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument(
-        "--graded", default=None, help="relation matrix giving graded pair targets (e.g. label_jaccard)"
-    )
-    p.add_argument("--threads", type=int, default=1)
-    p.set_defaults(func=cmd_train)
+def command_line() -> CommandLine:
+    """This command line: its parser and commands (``main`` runs it)."""
+    cli = CommandLine(prog_name("lps", "modelset-lps"), __doc__)
+    p = cli.commands.add("train", "train LPS on each task fold's training models and save the checkpoints", cmd_train)
+    add_zoo(p)
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder (a checkpoint cache shared with the benchmarks)")
+    p.add_argument("--folds", type=int, nargs="*", default=None,
+                   help="fold numbers (default: every fold of the set; none with --all-tasks alone)")
+    p.add_argument("--all-tasks", action="store_true",
+                   help=f"also train on every model, saved as {SEARCH_DIR}/ for search")
+    p.add_argument("--mode", choices=("pairs", "contrastive"), default="pairs",
+                   help="pairs: a similarity head on pairs of models; contrastive: supervised contrastive "
+                        "embeddings (default pairs)")
+    p.add_argument("--epochs", type=int, default=40, help="training epochs (default 40)")
+    p.add_argument("--graded", default=None, metavar="RELATION",
+                   help="relation matrix giving graded pair targets (e.g. label_jaccard)")
+    add_runtime(p)
     lps_help = ("LPS checkpoint folder, or make lps's output folder (default: results/lps here, "
                 "else in this checkout)")
-    c = sub.add_parser("calibrate", help="fit the probability that a hit shares the query's task, on the folds' held-out pairs")
-    c.add_argument("--zoo", required=True, help="model set folder")
-    c.add_argument("--out", default="results/lps", help="make lps's output folder (fold checkpoints; search/ gets the calibration)")
-    c.add_argument("--mode", choices=("pairs", "contrastive"), default="pairs", help="LPS training mode of the fold checkpoints")
+    c = cli.commands.add(
+        "calibrate", "fit the probability that a hit shares the query's task, on the folds' held-out pairs",
+        cmd_calibrate)
+    add_zoo(c)
+    c.add_argument("--out", default="results/lps", metavar="DIR",
+                   help="make lps's output folder (fold checkpoints; search/ gets the calibration)")
+    c.add_argument("--mode", choices=("pairs", "contrastive"), default="pairs",
+                   help="LPS training mode of the fold checkpoints")
     c.add_argument("--epochs", type=int, default=40, help="epochs of the fold checkpoints (a cache miss trains them)")
-    c.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    c.set_defaults(func=cmd_calibrate)
-    x = sub.add_parser("index", help="embed every model of a set and save the zoo index beside the LPS")
-    x.add_argument("--zoo", required=True, help="model set folder to index")
-    x.add_argument("--lps", default=None, help=lps_help)
-    x.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    x.set_defaults(func=cmd_index)
-    s = sub.add_parser("search", help="nearest zoo models to one or many checkpoints")
+    add_runtime(c)
+    x = cli.commands.add("index", "embed every model of a set and save the zoo index beside the LPS", cmd_index)
+    add_zoo(x, "model set folder to index")
+    x.add_argument("--lps", default=None, metavar="DIR", help=lps_help)
+    add_runtime(x)
+    s = cli.commands.add("search", "nearest zoo models to one or many checkpoints", cmd_search)
     s.add_argument("checkpoint", nargs="+",
                    help="your models: .safetensors files or weights-only torch state_dicts, folders of them, "
                         "or globs (quoted)")
-    s.add_argument("--zoo", required=True, help="model set folder to search")
+    add_zoo(s, "model set folder to search")
     s.add_argument("-k", type=int, default=5, help="how many hits to print (at least 1; default 5)")
-    s.add_argument("--lps", default=None, help=lps_help)
+    s.add_argument("--lps", default=None, metavar="DIR", help=lps_help)
     s.add_argument("--no-index", action="store_true",
                    help="embed every zoo model now instead of using (or writing) the saved zoo index")
     s.add_argument("--architecture", help="only zoo models of this architecture (e.g. cnn3)")
@@ -250,17 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     out = s.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the hits as JSON")
     out.add_argument("--csv", action="store_true", help="print the hits as CSV")
-    s.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    s.set_defaults(func=cmd_search)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        return args.func(args)
-    except ModelSetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    add_runtime(s)
+    return cli
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``python -m lps`` on ``argv`` (default ``sys.argv[1:]``); the exit status."""
+    return command_line().main(argv)
 
 
 if __name__ == "__main__":

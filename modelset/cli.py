@@ -1,25 +1,13 @@
-"""``python -m modelset``: inspect and check model sets."""
+"""``python -m modelset`` (console script ``modelset``): inspect, check, pack, fetch and export
+model sets. The set is always ``--zoo DIR``."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from modelset.errors import ModelSetError
-
-#: Sub-commands: name -> (help, add_arguments, run). Other modules may add theirs.
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
-
-
-def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
-    def wrap(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        COMMANDS[name] = (help, add_arguments, run)
-        return run
-
-    return wrap
+from modelset._cli import CommandLine, add_path_option, add_zoo, prog_name
 
 
 def _format_counts(title: str, counts: dict[str, int]) -> list[str]:
@@ -27,12 +15,10 @@ def _format_counts(title: str, counts: dict[str, int]) -> list[str]:
     return [f"{title}:"] + [f"  {k:<{width}}  {v:>6}" for k, v in counts.items()]
 
 
-@command("info", "print a summary of a model set", lambda p: (
-    p.add_argument("path"), p.add_argument("--json", action="store_true", help="machine-readable output")))
 def _info(args: argparse.Namespace) -> int:
     import modelset
 
-    with modelset.open(args.path) as ms:
+    with modelset.open(args.zoo) as ms:
         summary = ms.info()
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -52,72 +38,76 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("verify", "check every checksum, table and tensor of a model set", lambda p: p.add_argument("path"))
 def _verify(args: argparse.Namespace) -> int:
     import modelset
 
-    report = modelset.verify(args.path)
-    print(f"OK: {args.path}: {report['files']} files, {report['models']} models in {report['shards']} shards verified")
+    report = modelset.verify(args.zoo)
+    print(f"OK: {args.zoo}: {report['files']} files, {report['models']} models in {report['shards']} shards verified")
     return 0
 
 
-@command("pack", "pack a built model set into a versioned release folder and .tar archive", lambda p: (
-    p.add_argument("path", help="model set folder"),
-    p.add_argument("--out", default="dist", help="folder receiving the release (default: dist)"),
-    p.add_argument("--no-archive", action="store_true", help="do not write the .tar archive"),
-))
 def _pack_cli(args: argparse.Namespace) -> int:
     from modelset.release import INDEX_FILE, pack
 
-    target = pack(args.path, args.out, archive=not args.no_archive)
-    print(f"release written to {target} (index {target / INDEX_FILE}; archive {target}.tar)")
+    target = pack(args.zoo, args.out, archive=not args.no_archive)
+    archive = f"; archive {target}.tar" if not args.no_archive else ""
+    print(f"release written to {target} (index {target / INDEX_FILE}{archive})")
     return 0
 
 
-@command("fetch", "download a release, verify every file and install it at DEST", lambda p: (
-    p.add_argument("url", help="release folder URL (or its release.json URL)"),
-    p.add_argument("dest", help="destination folder"),
-    p.add_argument("--retries", type=int, default=3),
-    p.add_argument("--overwrite", action="store_true", help="replace DEST if it holds something else"),
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds one network read may wait (default 60)"),
-    p.add_argument("--file-deadline", type=float, default=None,
-                   help="seconds all attempts at one file may take (default: timeout + size at 64 KiB/s)"),
-    p.add_argument("--deadline", type=float, default=None,
-                   help="seconds the whole fetch may take (default: the sum of the files' defaults)"),
-))
 def _fetch_cli(args: argparse.Namespace) -> int:
     from modelset.release import fetch
 
-    dest = fetch(args.url, args.dest, retries=args.retries, overwrite=args.overwrite, progress=True,
+    dest = fetch(args.url, args.zoo, retries=args.retries, overwrite=args.overwrite, progress=True,
                  timeout=args.timeout, deadline=args.deadline, file_deadline=args.file_deadline)  # fmt: skip
     print(f"release fetched and verified into {dest}")
     return 0
 
 
-@command("export", "export a model set for other libraries (Hugging Face datasets: Parquet + card)", lambda p: (
-    p.add_argument("path", help="model set folder"),
-    p.add_argument("out", help="folder to write (appears only once complete)"),
-    p.add_argument("--format", choices=["hf"], default="hf", help="hf: Parquet files and a card for datasets.load_dataset"),
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists"),
-))
 def _export_cli(args: argparse.Namespace) -> int:
     from modelset.export import export_hf
 
-    out = export_hf(args.path, args.out, overwrite=args.overwrite)
+    out = export_hf(args.zoo, args.out, overwrite=args.overwrite)
     print(f"Hugging Face export written to {out} (load it with datasets.load_dataset({str(out)!r}))")
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def command_line() -> CommandLine:
+    """This command line: its parser and commands (``main`` runs it)."""
+    cli = CommandLine(prog_name("modelset", "modelset"), __doc__)
+    info = cli.commands.add("info", "print a summary of a model set", _info)
+    add_zoo(info, legacy_positional=True)
+    info.add_argument("--json", action="store_true", help="machine-readable output")
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m modelset", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, (help_text, add_arguments, _) in COMMANDS.items():
-        add_arguments(sub.add_parser(name, help=help_text))
-    args = parser.parse_args(argv)
-    try:
-        return COMMANDS[args.command][2](args)
-    except ModelSetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    verify = cli.commands.add("verify", "check every checksum, table and tensor of a model set", _verify)
+    add_zoo(verify, legacy_positional=True)
+
+    pack = cli.commands.add("pack", "pack a built model set into a versioned release folder and .tar archive", _pack_cli)
+    add_zoo(pack, legacy_positional=True)
+    pack.add_argument("--out", default="dist", metavar="DIR", help="folder receiving the release (default: dist)")
+    pack.add_argument("--no-archive", action="store_true", help="do not write the .tar archive")
+
+    fetch = cli.commands.add("fetch", "download a release, verify every file and install it as the set --zoo", _fetch_cli)
+    fetch.add_argument("url", help="release folder URL (or its release.json URL)")
+    add_zoo(fetch, "destination folder of the model set", legacy_positional=True)
+    fetch.add_argument("--retries", type=int, default=3, help="attempts per file after the first (default 3)")
+    fetch.add_argument("--overwrite", action="store_true", help="replace --zoo if it holds something else")
+    fetch.add_argument("--timeout", type=float, default=60.0, help="seconds one network read may wait (default 60)")
+    fetch.add_argument("--file-deadline", type=float, default=None,
+                       help="seconds all attempts at one file may take (default: timeout + size at 64 KiB/s)")
+    fetch.add_argument("--deadline", type=float, default=None,
+                       help="seconds the whole fetch may take (default: the sum of the files' defaults)")
+
+    export = cli.commands.add(
+        "export", "export a model set for other libraries (Hugging Face datasets: Parquet + card)", _export_cli)
+    add_zoo(export, legacy_positional=True)
+    add_path_option(export, "--out", "folder to write (appears only once complete)", legacy_positional=True)
+    export.add_argument("--format", choices=["hf"], default="hf",
+                        help="hf: Parquet files and a card for datasets.load_dataset")
+    export.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    return cli
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``modelset`` command line on ``argv`` (default: ``sys.argv[1:]``); the exit status."""
+    return command_line().main(argv)

@@ -18,6 +18,14 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """A command line run in-process applies its runtime (torch's thread count): restore it."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def mini_set(tmp_path_factory: pytest.TempPathFactory):
     """The model set of ``configs/mini.yaml``, built once per test session (about a minute).

@@ -62,7 +62,7 @@ def _build_cli(env: dict, out: Path) -> subprocess.Popen:
             "build",
             "--config",
             str(env["config"]),
-            "--out",
+            "--zoo",
             str(out),
             "--no-progress",
             "--log-level",

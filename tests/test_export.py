@@ -113,9 +113,9 @@ def test_export_refuses_to_replace_and_the_cli(tmp_path: Path, capsys: pytest.Ca
     (out / "mine.txt").write_text("keep me")
     with pytest.raises(ExistsError, match=r"hf exists"):
         export_hf(root, out)
-    assert main(["export", "--format", "hf", str(root), str(out)]) == 2
+    assert main(["export", "--format", "hf", "--zoo", str(root), "--out", str(out)]) == 2
     assert "exists" in capsys.readouterr().err and (out / "mine.txt").read_text() == "keep me"
-    assert main(["export", "--format", "hf", str(root), str(out), "--overwrite"]) == 0
+    assert main(["export", "--format", "hf", "--zoo", str(root), "--out", str(out), "--overwrite"]) == 0
     assert not (out / "mine.txt").exists() and (out / "README.md").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]  # no staging left behind
     header = json.loads((root / "modelset.json").read_text())

@@ -374,11 +374,11 @@ def test_corrupt_table_and_relation(toy: Path) -> None:
 def test_cli_info_and_verify(toy: Path, capsys) -> None:
     from modelset.cli import main
 
-    assert main(["info", str(toy)]) == 0
+    assert main(["info", "--zoo", str(toy)]) == 0
     out = capsys.readouterr().out
     assert "6 models over 2 tasks" in out and "models per variant" in out and "test accuracy" in out
-    assert main(["verify", str(toy)]) == 0
+    assert main(["verify", "--zoo", str(toy)]) == 0
     assert "OK" in capsys.readouterr().out
     (toy / "README.md").write_text("changed")
-    assert main(["verify", str(toy)]) == 2
+    assert main(["verify", "--zoo", str(toy)]) == 2
     assert "README.md: sha256 mismatch" in capsys.readouterr().err

@@ -115,7 +115,7 @@ def test_pack_refuses_incomplete_set(tmp_path: Path) -> None:
 def test_pack_cli(built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from modelset.cli import main
 
-    assert main(["pack", str(built), "--out", str(tmp_path / "dist")]) == 0
+    assert main(["pack", "--zoo", str(built), "--out", str(tmp_path / "dist")]) == 0
     assert "release written to" in capsys.readouterr().out
     assert len(list((tmp_path / "dist").glob("*.tar"))) == 1
 

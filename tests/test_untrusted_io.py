@@ -120,7 +120,7 @@ def test_fetch_cli_takes_deadlines(release: Path, tmp_path: Path, capsys) -> Non
     from modelset.cli import main
 
     with DripServer(release.parent, slow={"shards/shard-00000.h5"}) as server:
-        code = main(["fetch", f"{server.url}/{release.name}/", str(tmp_path / "got"), "--retries", "0",
+        code = main(["fetch", f"{server.url}/{release.name}/", "--zoo", str(tmp_path / "got"), "--retries", "0",
                      "--file-deadline", "0.5"])  # fmt: skip
     assert code == 2 and "did not finish within its per-file deadline of 0 s" in capsys.readouterr().err
 

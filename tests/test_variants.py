@@ -17,7 +17,7 @@ from builders.variants._pool import RecipePool
 from builders.variants.channel_similarity import channel_distances, similarity_prune
 from builders.variants.flops import conv_flops, count_flops, count_sparse_flops
 from builders.variants.gmp import gmp_sparsity, magnitude_mask
-from builders.variants.str import SoftThreshold, attach_str, detach_str
+from builders.variants.soft_threshold import SoftThreshold, attach_str, detach_str
 from modelset.architectures import build_architecture
 from modelset.architectures.layers import NSLConv2d, ShapeAdaptor, shape_adaptor_alpha
 from modelset.errors import UnknownNameError
@@ -123,7 +123,7 @@ def test_str_decay_on_s_is_its_own_parameter_group(parent: Parent, data: TaskTen
     """Without loss gradient (s far below the weights) only the decay moves s: with SGD momentum
     0.9 at a constant rate, s shrinks geometrically, by ``st_decay`` and not the weights' decay."""
     from builders.variants._common import Regime
-    from builders.variants.str import train_str
+    from builders.variants.soft_threshold import train_str
 
     regime = Regime(lr=0.1, weight_decay=0.0, epochs=1, n_train=32, batch_size=32, warmup=0.0, nesterov=False)
     rec = train_str(parent, data, 0, 0.5, regime, s_init=-40.0)

@@ -5,7 +5,7 @@ under weight-space augmentations plus task invariance, after the flexible few-sh
 from __future__ import annotations
 
 from benchmarks.methods._registry import MethodMeta, register_method
-from benchmarks.methods.lps import _LPSBase
+from benchmarks.methods.lps_pairwise import _LPSBase
 
 
 @register_method

@@ -21,9 +21,8 @@ from builders.variants._common import Parent, TaskTensors, spread_tasks
 from builders.variants._registry import Recipe, get_recipe, list_recipes, register_recipe
 
 # Each recipe module registers itself with @register_recipe; importing them here makes the
-# registry complete for whoever imports the package. Note: the submodule ``str`` becomes an
-# attribute of this package, so code in this file must not use the builtin ``str``.
-for _module in ("str", "gmp", "channel_similarity", "l1_filter", "shape_adaptor", "nsl"):
+# registry complete for whoever imports the package.
+for _module in ("soft_threshold", "gmp", "channel_similarity", "l1_filter", "shape_adaptor", "nsl"):
     importlib.import_module(f"builders.variants.{_module}")
 
 __all__ = ["Parent", "Recipe", "TaskTensors", "get_recipe", "list_recipes", "register_recipe", "spread_tasks"]

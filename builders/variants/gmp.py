@@ -124,7 +124,7 @@ def gmp_recipe(
     **regime: Any,
 ) -> list[ModelRecord]:
     """GMP models of the parent's architecture, one per target sparsity (``regime`` as STR's)."""
-    from builders.variants.str import STR_REGIME
+    from builders.variants.soft_threshold import STR_REGIME
 
     reg = Regime.from_params(regime, **STR_REGIME)
     return [train_gmp(parent, data, seed, float(s), reg, from_parent=from_parent) for s in sparsities]
