@@ -31,6 +31,7 @@ import pandas as pd
 from benchmarks import _plots, metrics
 from benchmarks.results import Result, load_results
 from benchmarks.tracks import TrackError, TrackMeta, get_track, list_tracks
+from modelset._io import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -485,12 +486,6 @@ def html_page(results: list[Result], board: Board | None = None) -> str:
     return "\n".join(parts)
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def render(
     results_dir: str | os.PathLike, out_dir: str | os.PathLike, methods: list[str] | None = None
 ) -> dict[str, Path]:
@@ -505,8 +500,8 @@ def render(
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "leaderboard.csv", "md": out / "leaderboard.md", "html": out / "leaderboard.html"}
     board = table(results)  # bootstrap intervals for every cell: computed once for all three files
-    _write(paths["csv"], leaderboard_frame(results, board).to_csv(index=False))
-    _write(paths["md"], markdown(results, board))
-    _write(paths["html"], html_page(results, board))
+    write_text_atomic(paths["csv"], leaderboard_frame(results, board).to_csv(index=False))
+    write_text_atomic(paths["md"], markdown(results, board))
+    write_text_atomic(paths["html"], html_page(results, board))
     log.info("leaderboard of %d result files written to %s", len(results), out)
     return paths

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from modelset import _io
 from modelset.errors import ChecksumError, DataUnavailableError
 from modelset.registry import Registry
 
@@ -188,21 +189,18 @@ def seed_from_system(name: str, root: str | os.PathLike | None = None) -> bool:
                 f"{info.apt_package}; reinstall it with "
                 f"`sudo apt-get install --reinstall {info.apt_package}`."
             )
-        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        try:
-            with gzip.open(archive, "rb") as fin, open(tmp, "wb") as fout:
-                shutil.copyfileobj(fin, fout, 1 << 20)
-        except (OSError, EOFError) as exc:
-            tmp.unlink(missing_ok=True)
-            raise ChecksumError(f"{archive}: cannot be decompressed ({exc}); is it damaged?") from exc
-        expected = _IDX_SIZES.get(target.name)
-        size = tmp.stat().st_size
-        if expected is not None and size != expected:
-            tmp.unlink()
-            raise ChecksumError(
-                f"{archive}: decompresses to {size} bytes, expected {expected} for {target.name}."
-            )
-        os.replace(tmp, target)
+        with _io.atomic_path(target) as tmp:  # renamed into place only once complete and checked
+            try:
+                with gzip.open(archive, "rb") as fin, open(tmp, "wb") as fout:
+                    shutil.copyfileobj(fin, fout, 1 << 20)
+            except (OSError, EOFError) as exc:
+                raise ChecksumError(f"{archive}: cannot be decompressed ({exc}); is it damaged?") from exc
+            expected = _IDX_SIZES.get(target.name)
+            size = tmp.stat().st_size
+            if expected is not None and size != expected:
+                raise ChecksumError(
+                    f"{archive}: decompresses to {size} bytes, expected {expected} for {target.name}."
+                )
     log.info("seeded %s from %s into %s", name, src, raw)
     return True
 

@@ -183,7 +183,7 @@ def _copy_release(
         "files": entries,
     }
     _io.write_json_atomic(staging / INDEX_FILE, index)
-    os.replace(staging, target)
+    _io.replace_folder(staging, target)
     log.info("packed %d files (%d bytes) into %s", len(entries), index["total_bytes"], target)
 
 
