@@ -32,6 +32,7 @@ import pandas as pd
 from scipy import stats
 
 from builders.variants._registry import Comparison, LearnedVector, comparisons, learned_vectors
+from modelset._io import atomic_path, write_text_atomic
 from modelset.errors import unknown_name
 
 log = logging.getLogger(__name__)
@@ -228,9 +229,14 @@ def plot_accuracy_vs_flops(metadata: pd.DataFrame, path: Path) -> None:
     if len(rows):
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+
+
+def _write_csv(table: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
 
 
 def write_tables(metadata: pd.DataFrame, out: str | Path) -> dict[str, Path]:
@@ -247,25 +253,25 @@ def write_tables(metadata: pd.DataFrame, out: str | Path) -> dict[str, Path]:
                 "interval over parents and a Wilcoxon signed-rank p-value. Method and twin share "
                 "optimiser, schedule, data and steps; FLOPs and parameters of both are in the rows.\n"]
     claims = claims_table(metadata)
-    claims.to_csv(out / "claims.csv", index=False)
+    _write_csv(claims, out / "claims.csv")
     written["claims"] = out / "claims.csv"
     sections += ["\n## The papers' claims, paired over parents\n",
                  to_markdown(claims) if len(claims) else "_no paired comparisons in the set_\n"]
     for spec in comparisons():
         table = comparison_table(metadata, spec)
         path = out / f"{spec.family}.csv"
-        table.to_csv(path, index=False)
+        _write_csv(table, path)
         written[spec.family] = path
         sections += [f"\n## {spec.title}\n", to_markdown(table)]
     for vector in learned_vectors():
         summary = learned_summary(metadata, vector)
         if not summary.empty:
             path = out / f"{vector.name}.csv"
-            summary.to_csv(path, index=False)
+            _write_csv(summary, path)
             written[vector.name] = path
             sections += [f"\n## {vector.title}\n", to_markdown(summary)]
     md = out / "variants.md"
-    md.write_text("".join(s if s.endswith("\n") else s + "\n" for s in sections), encoding="utf-8")
+    write_text_atomic(md, "".join(s if s.endswith("\n") else s + "\n" for s in sections))
     written["markdown"] = md
     plot = out / "accuracy_vs_flops.png"
     plot_accuracy_vs_flops(metadata, plot)
