@@ -1,18 +1,29 @@
 """Matplotlib figures of the leaderboard, each returned as a base64 PNG so the HTML page needs no
-other file and no network. Every function takes plain data read from result files."""
+other file and no network. Every drawing function takes plain data read from result files.
+
+``FIGURES`` holds the figure kinds a track may declare (``TrackMeta.plots``): each reads one
+track's result files (the curves its kind names) and returns ``(title, caption, png)``, or None
+when the files hold nothing to draw."""
 
 from __future__ import annotations
 
 import base64
 import io
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # no display: render to memory
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from modelset.registry import Registry  # noqa: E402
+
+if TYPE_CHECKING:
+    from benchmarks.results import Result
+    from benchmarks.tracks import Plot
 
 _STYLE = {"figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3, "font.size": 9}
 
@@ -128,3 +139,88 @@ def few_shot_bars(per_method: dict[str, dict[str, tuple[float, float]]]) -> str:
         ax.set(ylabel="episode accuracy", title="Flexible few-shot accuracy by grouping context (95% CI)", ylim=(0, 1.05))
         ax.legend(fontsize=7)
         return _encode(fig)
+
+
+# -- figure kinds: one track's result files -> (title, caption, png) ---------------------------
+Figure = tuple[str, str, str]
+FIGURES: Registry[Callable[[list[Result], Plot], Figure | None]] = Registry("leaderboard figure kind")
+
+
+def _first_fold(results: list[Result]) -> dict[str, Result]:
+    """Per method, its ok result with the lowest fold (curves are shown for one fold)."""
+    out: dict[str, Result] = {}
+    for r in sorted(results, key=lambda r: r.fold):
+        if r.status == "ok":
+            out.setdefault(r.method, r)
+    return out
+
+
+@FIGURES.register("roc")
+def _roc(results: list[Result], plot: Plot) -> Figure | None:
+    """ROC curves (``curves["roc"]``), the legend showing ``plot.metric`` of each method."""
+    first = _first_fold(results)
+    if not first:
+        return None
+    curves = {m: r.curves["roc"] for m, r in first.items() if r.curves.get("roc")}
+    scores = {m: r.metrics.get(plot.metric) for m, r in first.items()}
+    fold = min(r.fold for r in first.values())
+    return plot.title.format(fold=fold), plot.caption.format(fold=fold), roc_curves(curves, scores)
+
+
+@FIGURES.register("cmc")
+def _cmc(results: list[Result], plot: Plot) -> Figure | None:
+    """CMC curves (``curves["cmc"]``)."""
+    first = _first_fold(results)
+    if not first:
+        return None
+    curves = {m: r.curves["cmc"] for m, r in first.items() if r.curves.get("cmc")}
+    fold = min(r.fold for r in first.values())
+    return plot.title.format(fold=fold), plot.caption.format(fold=fold), cmc_curves(curves)
+
+
+@FIGURES.register("embedding_map")
+def _embedding_map(results: list[Result], plot: Plot) -> Figure | None:
+    """The 2-D embedding map (``curves["map2d"]``) of one method: the first of ``plot.prefer``
+    that has one, else the first learned method by name."""
+    first = _first_fold(results)
+    chosen = next((m for m in plot.prefer if m in first and first[m].curves.get("map2d")), None)
+    if chosen is None:
+        chosen = next((m for m, r in sorted(first.items()) if r.method_meta.get("learned") and r.curves.get("map2d")), None)
+    if chosen is None:
+        return None
+    fold = first[chosen].fold
+    return (plot.title.format(fold=fold, method=chosen), plot.caption.format(fold=fold, method=chosen),
+            embedding_map(chosen, first[chosen].curves["map2d"]))
+
+
+@FIGURES.register("task_matrices")
+def _task_matrices(results: list[Result], plot: Plot) -> Figure | None:
+    """Ground-truth relation matrices (``curves["truth"]``) beside each method's (``curves["matrix"]``)."""
+    first = _first_fold(results)
+    if not first:
+        return None
+    any_r = next(iter(first.values()))
+    matrices = {m: r.curves["matrix"] for m, r in first.items() if r.curves.get("matrix")}
+    fold = min(r.fold for r in first.values())
+    return (plot.title.format(fold=fold), plot.caption.format(fold=fold),
+            task_matrices(any_r.curves.get("tasks", []), any_r.curves.get("truth", {}), matrices))
+
+
+@FIGURES.register("tradeoff")
+def _tradeoff(results: list[Result], plot: Plot) -> Figure | None:
+    """Accuracy against FLOPs (``curves["tradeoff"]``: the model table, the same in every file)."""
+    found = next((r for r in results if r.status == "ok" and r.curves.get("tradeoff")), None)
+    if found is None:
+        return None
+    return plot.title.format(fold=found.fold), plot.caption.format(fold=found.fold), tradeoff(found.curves["tradeoff"])
+
+
+@FIGURES.register("few_shot_bars")
+def _few_shot(results: list[Result], plot: Plot) -> Figure | None:
+    """Accuracy per grouping context with its interval (``curves["per_context"]``)."""
+    first = _first_fold(results)
+    if not first:
+        return None
+    per = {m: {c: (v["accuracy"], v["ci95"]) for c, v in r.curves.get("per_context", {}).items()} for m, r in first.items()}
+    fold = min(r.fold for r in first.values())
+    return plot.title.format(fold=fold), plot.caption.format(fold=fold), few_shot_bars(per)

@@ -30,30 +30,11 @@ import pandas as pd
 
 from benchmarks import _plots, metrics
 from benchmarks.results import Result, load_results
+from benchmarks.tracks import TrackError, TrackMeta, get_track, list_tracks
+from modelset._io import write_text_atomic
 
 log = logging.getLogger(__name__)
 
-#: Column labels of the main table (track, metric) -> short header; others use "track.metric".
-LABELS = {
-    ("task_classification", "accuracy"): "task acc",
-    ("task_classification", "auc"): "pair AUC",
-    ("heldout_recipe", "accuracy"): "out-of-recipe acc",
-    ("heldout_recipe", "auc"): "out-of-recipe AUC",
-    ("retrieval", "map"): "mAP",
-    ("retrieval", "rank1"): "rank-1",
-    ("retrieval", "rank5"): "rank-5",
-    ("task_relations", "spearman_mean"): "relations ρ",
-    ("variant_robustness", "rank1"): "variant rank-1",
-    ("variant_robustness", "map"): "variant mAP",
-    ("few_shot", "flex_score"): "few-shot score",
-    ("few_shot", "accuracy"): "few-shot acc",
-    ("transfer", "kendall_tau"): "transfer τ",
-    ("transfer", "regret"): "regret ↓",
-}
-TRACK_ORDER = (
-    "task_classification", "heldout_recipe", "retrieval", "task_relations", "variant_robustness", "few_shot", "transfer",
-)  # fmt: skip
-EMBEDDING_MAP_METHODS = ("lps", "lps_contrastive")
 #: Below this test-retest reliability a ground truth is flagged as not reproducible.
 RELIABLE = 0.5
 
@@ -82,8 +63,24 @@ class Cell:
         return dict(self.units)
 
 
-def _track_rank(track: str) -> tuple[int, str]:
-    return (TRACK_ORDER.index(track) if track in TRACK_ORDER else len(TRACK_ORDER), track)
+def _meta(results: list[Result], track: str) -> TrackMeta | None:
+    """How ``track`` is shown: its registered metadata, else (a track this code does not know)
+    the metadata its result files recorded, without labels, plots or a place of its own."""
+    if track in list_tracks():
+        return get_track(track).meta
+    recorded = next((r.track_meta for r in results if r.track == track), None)
+    if recorded is None:
+        return None
+    try:
+        return TrackMeta(**{**recorded, "order": math.inf})
+    except (TypeError, TrackError):
+        return None
+
+
+def _track_rank(track: str) -> tuple[float, str]:
+    """Leaderboard place of ``track``: its declared order, then its name; unknown tracks last."""
+    meta = get_track(track).meta if track in list_tracks() else None
+    return (meta.order if meta is not None else math.inf, track)
 
 
 def _columns(results: list[Result]) -> list[tuple[str, str]]:
@@ -244,11 +241,18 @@ def lps_versus_baseline(results: list[Result], method: str = "lps", board: Board
     return out
 
 
+def _reliability_metric(results: list[Result], track: str) -> str:
+    meta = _meta(results, track)
+    return meta.reliability if meta is not None else ""
+
+
 def reliability(results: list[Result]) -> dict[str, float]:
-    """Per track, the test-retest reliability of its ground truth, where the track records one."""
+    """Per track, the test-retest reliability of its ground truth, where the track declares a
+    metric for it (``TrackMeta.reliability``) and records it."""
+    metric = {t: _reliability_metric(results, t) for t in {r.track for r in results}}
     out = {}
     for r in results:
-        v = r.metrics.get("ground_truth_reliability") if r.status == "ok" else None
+        v = r.metrics.get(metric[r.track]) if r.status == "ok" and metric[r.track] else None
         if v is not None:
             out.setdefault(r.track, float(v))
     return out
@@ -282,8 +286,9 @@ def leaderboard_frame(results: list[Result], board: Board | None = None) -> pd.D
     return pd.DataFrame(rows)
 
 
-def _header(t: str, k: str, reliable: dict[str, float] | None = None) -> str:
-    label = LABELS.get((t, k), f"{t}.{k}")
+def _header(t: str, k: str, reliable: dict[str, float] | None = None, results: list[Result] | None = None) -> str:
+    meta = _meta(results or [], t)
+    label = meta.label(k) if meta is not None else f"{t}.{k}"
     value = (reliable or {}).get(t)
     if value is not None and value < RELIABLE:
         label += " (ground truth not reproducible)"
@@ -320,7 +325,8 @@ def _details(results: list[Result]) -> dict[str, pd.DataFrame]:
         rs = [r for r in results if r.track == track and r.status == "ok"]
         if not rs:
             continue
-        metric_names = sorted({k for r in rs for k in r.metrics if k != "ground_truth_reliability"})
+        hidden = _reliability_metric(results, track)  # noted under the main table instead
+        metric_names = sorted({k for r in rs for k in r.metrics if k != hidden})
         rows = {}
         for m in sorted({r.method for r in rs}):
             mine = [r for r in rs if r.method == m]
@@ -349,7 +355,7 @@ def markdown(results: list[Result], board: Board | None = None) -> str:
         "last; † marks methods that read the task labels.",
         "",
     ]
-    header = ["method", "learned", "data"] + [_header(t, k, reliable) for t, k in columns]
+    header = ["method", "learned", "data"] + [_header(t, k, reliable, results) for t, k in columns]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] * 3 + ["---:"] * len(columns)) + "|")
     for m in methods:
@@ -400,47 +406,17 @@ def _plain_md(frame: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
-def _first_fold(results: list[Result], track: str) -> dict[str, Result]:
-    """Per method, its ok result of ``track`` with the lowest fold (curves are shown for one fold)."""
-    out: dict[str, Result] = {}
-    for r in sorted(results, key=lambda r: r.fold):
-        if r.track == track and r.status == "ok":
-            out.setdefault(r.method, r)
-    return out
-
-
 def figures(results: list[Result]) -> list[tuple[str, str, str]]:
-    """``(title, caption, base64 PNG)`` of every plot the result files support."""
+    """``(title, caption, base64 PNG)`` of every plot the tracks declare (``TrackMeta.plots``) and
+    their result files support, tracks in leaderboard order."""
     out = []
-    roc = _first_fold(results, "task_classification")
-    if roc:
-        curves = {m: r.curves["roc"] for m, r in roc.items() if r.curves.get("roc")}
-        out.append(("ROC curves", f"Pair verification on held-out models of seen tasks, fold {min(r.fold for r in roc.values())}; AUC in brackets.",
-                    _plots.roc_curves(curves, {m: r.metrics.get("auc") for m, r in roc.items()})))
-    ret = _first_fold(results, "retrieval")
-    if ret:
-        curves = {m: r.curves["cmc"] for m, r in ret.items() if r.curves.get("cmc")}
-        out.append(("Retrieval CMC curves", "Fraction of held-out-task queries with a same-task model among the top k.", _plots.cmc_curves(curves)))
-        chosen = next((m for m in EMBEDDING_MAP_METHODS if m in ret and ret[m].curves.get("map2d")), None)
-        if chosen is None:
-            chosen = next((m for m, r in sorted(ret.items()) if r.method_meta.get("learned") and r.curves.get("map2d")), None)
-        if chosen is not None:
-            out.append((f"Embedding map: {chosen}", "PCA of unit-norm embeddings of every test model (held-out models and held-out tasks).",
-                        _plots.embedding_map(chosen, ret[chosen].curves["map2d"])))
-    rel = _first_fold(results, "task_relations")
-    if rel:
-        any_r = next(iter(rel.values()))
-        matrices = {m: r.curves["matrix"] for m, r in rel.items() if r.curves.get("matrix")}
-        out.append(("Task × task similarity", "Ground-truth relations (first panels) beside each method's mean model similarity per task pair.",
-                    _plots.task_matrices(any_r.curves.get("tasks", []), any_r.curves.get("truth", {}), matrices)))
-    var = [r for r in results if r.track == "variant_robustness" and r.status == "ok" and r.curves.get("tradeoff")]
-    if var:
-        out.append(("Variants: accuracy vs FLOPs", "Each dot a model of the zoo, each cross a family's mean (from the model table).",
-                    _plots.tradeoff(var[0].curves["tradeoff"])))
-    few = _first_fold(results, "few_shot")
-    if few:
-        per = {m: {c: (v["accuracy"], v["ci95"]) for c, v in r.curves.get("per_context", {}).items()} for m, r in few.items()}
-        out.append(("Flexible few-shot", "Episode accuracy by grouping context with 95% intervals.", _plots.few_shot_bars(per)))
+    for track in sorted({r.track for r in results}, key=_track_rank):
+        meta = _meta(results, track)
+        mine = [r for r in results if r.track == track]
+        for plot in meta.plots if meta is not None else ():
+            figure = _plots.FIGURES.get(plot.kind)(mine, plot)
+            if figure is not None:
+                out.append(figure)
     return out
 
 
@@ -474,7 +450,7 @@ def html_page(results: list[Result], board: Board | None = None) -> str:
         "† reads the task labels.</p>",
         "<h2>Main table</h2><table><tr><th>method</th><th>learned</th><th>data</th>",
     ]
-    parts += [f"<th>{esc(_header(t, k, reliable))}</th>" for t, k in columns]
+    parts += [f"<th>{esc(_header(t, k, reliable, results))}</th>" for t, k in columns]
     parts.append("</tr>")
     for m in methods:
         meta = metas[m]
@@ -510,12 +486,6 @@ def html_page(results: list[Result], board: Board | None = None) -> str:
     return "\n".join(parts)
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def render(
     results_dir: str | os.PathLike, out_dir: str | os.PathLike, methods: list[str] | None = None
 ) -> dict[str, Path]:
@@ -530,8 +500,8 @@ def render(
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "leaderboard.csv", "md": out / "leaderboard.md", "html": out / "leaderboard.html"}
     board = table(results)  # bootstrap intervals for every cell: computed once for all three files
-    _write(paths["csv"], leaderboard_frame(results, board).to_csv(index=False))
-    _write(paths["md"], markdown(results, board))
-    _write(paths["html"], html_page(results, board))
+    write_text_atomic(paths["csv"], leaderboard_frame(results, board).to_csv(index=False))
+    write_text_atomic(paths["md"], markdown(results, board))
+    write_text_atomic(paths["html"], html_page(results, board))
     log.info("leaderboard of %d result files written to %s", len(results), out)
     return paths

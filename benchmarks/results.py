@@ -17,6 +17,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from modelset import _io
 from modelset.errors import ModelSetError
 from modelset.format import CHECKSUMS_FILE
 from modelset.reader import ModelSet
@@ -83,9 +84,7 @@ def write_result(results_dir: str | os.PathLike, result: Result) -> Path:
     path = result_path(results_dir, result.method, result.track, result.fold)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_finite(asdict(result)), indent=1, sort_keys=True, allow_nan=False)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text + "\n")
-    os.replace(tmp, path)
+    _io.write_text_atomic(path, text + "\n")
     return path
 
 

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from modelset import _io
-from modelset.errors import ModelSetError, unknown_name
+from modelset.errors import ModelSetError
+from modelset.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -194,14 +195,17 @@ def _describe(spec: Any) -> str:
     return repr(spec)[:120]
 
 
-EXECUTORS: dict[str, Callable[..., Any]] = {"local": LocalExecutor, "ray": RayExecutor}
+def _local(address: str | None = None, **kwargs: Any) -> LocalExecutor:
+    return LocalExecutor()  # in this process: no cluster address, no options
+
+
+#: Executor factories by name: ``factory(address=None, **kwargs) -> executor``.
+EXECUTORS: Registry[Callable[..., Any]] = Registry("executor")
+EXECUTORS.add("local", _local)
+EXECUTORS.add("ray", RayExecutor)
 
 
 def get_executor(name: str = "local", address: str | None = None, **kwargs: Any) -> LocalExecutor | RayExecutor:
     """The executor called ``name`` ("local" or "ray"); ``address`` is the Ray cluster's."""
-    if name not in EXECUTORS:
-        raise unknown_name("executor", name, sorted(EXECUTORS))
-    if name == "local":
-        return LocalExecutor()
-    return RayExecutor(address=address, **kwargs)
+    return EXECUTORS.get(name)(address=address, **kwargs)
 

@@ -22,20 +22,19 @@ from typing import Any
 
 import pandas as pd
 
-from modelset.errors import SchemaError, unknown_name
+from modelset.errors import SchemaError
+from modelset.registry import Registry
 from modelset.tasks import Task
 
 TaskSetFn = Callable[[], list[Task]]
-_TASK_SETS: dict[str, TaskSetFn] = {}
+_TASK_SETS: Registry[TaskSetFn] = Registry("task set")
 
 
 def register_task_set(name: str) -> Callable[[TaskSetFn], TaskSetFn]:
     """Decorator: register a function returning a list of tasks under ``name``."""
 
     def wrap(fn: TaskSetFn) -> TaskSetFn:
-        if name in _TASK_SETS and _TASK_SETS[name] is not fn:
-            raise ValueError(f"task set {name!r} is registered twice")
-        _TASK_SETS[name] = fn
+        _TASK_SETS.add(name, fn)
         return fn
 
     return wrap
@@ -43,14 +42,12 @@ def register_task_set(name: str) -> Callable[[TaskSetFn], TaskSetFn]:
 
 def list_task_sets() -> list[str]:
     """Names of every registered task set, sorted."""
-    return sorted(_TASK_SETS)
+    return _TASK_SETS.names()
 
 
 def get_task_set(name: str) -> list[Task]:
     """The tasks of the registered set ``name``; unknown names raise ``UnknownNameError``."""
-    if name not in _TASK_SETS:
-        raise unknown_name("task set", name, list_task_sets())
-    tasks = _TASK_SETS[name]()
+    tasks = _TASK_SETS.get(name)()
     ids = [t.task_id for t in tasks]
     if len(set(ids)) != len(ids):
         raise SchemaError(f"task set {name!r} repeats task ids: {ids}")

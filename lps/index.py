@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from modelset._io import atomic_paths
 from modelset.errors import ModelSetError
 
 if TYPE_CHECKING:  # torch and pandas are imported where used: `lps search` start-up pays for them once
@@ -121,15 +122,12 @@ def build_index(scorer: LPS, ms, lps_folder: str | os.PathLike) -> ZooIndex:
         "name": str(ms.name),
         "models": str(len(ids)),
     }
-    tmp_table, tmp_tensors = folder / f".{INDEX_TABLE}.tmp", folder / f".{INDEX_TENSORS}.tmp"
     try:
-        tmp_table.write_bytes(data)
-        save_file({"embeddings": embeddings}, str(tmp_tensors), metadata=metadata)
-        os.replace(tmp_table, folder / INDEX_TABLE)
-        os.replace(tmp_tensors, folder / INDEX_TENSORS)
+        # The tensors' metadata records the table's hash: renamed last, they commit the pair.
+        with atomic_paths(folder / INDEX_TABLE, folder / INDEX_TENSORS) as (tmp_table, tmp_tensors):
+            tmp_table.write_bytes(data)
+            save_file({"embeddings": embeddings}, str(tmp_tensors), metadata=metadata)
     except OSError as exc:
-        for tmp in (tmp_table, tmp_tensors):
-            tmp.unlink(missing_ok=True)
         raise ModelSetError(
             f"{folder}: cannot write the zoo index there ({exc.strerror}); copy the LPS folder somewhere "
             "writable and give it with --lps, or search with --no-index"

@@ -30,6 +30,7 @@ from torch import nn
 
 from lps._bank import FeatureBank, bank_from_modelset, bank_from_spaces
 from lps.weights import WeightSpace
+from modelset._io import atomic_paths
 from modelset._untrusted import read_json, regular_file
 from modelset.errors import ModelSetError
 
@@ -252,12 +253,9 @@ class LPS:
             },
         }
         tensors = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
-        tmp = folder / f".{TENSORS_FILE}.tmp"
-        save_file(tensors, str(tmp), metadata={"format": FORMAT})
-        os.replace(tmp, folder / TENSORS_FILE)
-        tmp = folder / f".{CONFIG_FILE}.tmp"
-        tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
-        os.replace(tmp, folder / CONFIG_FILE)
+        with atomic_paths(folder / TENSORS_FILE, folder / CONFIG_FILE) as (tmp_tensors, tmp_config):
+            save_file(tensors, str(tmp_tensors), metadata={"format": FORMAT})
+            tmp_config.write_text(json.dumps(config, indent=2, sort_keys=True))
         return folder
 
     @classmethod

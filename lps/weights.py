@@ -30,10 +30,11 @@ from torch import nn
 import modelset.architectures.resnet  # noqa: F401  (registers resnet_tiny, a zoo family)
 from modelset.architectures import build_architecture, canonical_kwargs
 from modelset.errors import InvalidParametersError
+from modelset.registry import Registry
 from modelset.shards import check_state_fits, expected_shapes
 
 LayoutFn = Callable[[str, dict[str, Any], Mapping[str, torch.Tensor]], "WeightSpace"]
-_LAYOUTS: dict[str, LayoutFn] = {}
+_LAYOUTS: Registry[LayoutFn] = Registry("weight layout")
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ class WeightSpace:
         expected = expected_shapes(architecture, kwargs_json)
         per_model = {k: tuple(v.shape[1:]) for k, v in stacked.items()}
         check_state_fits(f"weights per model ({kwargs_json})", per_model, expected, architecture)
-        layout = _LAYOUTS.get(architecture, generic_layout)
+        layout = _LAYOUTS.get(architecture) if architecture in _LAYOUTS else generic_layout
         return layout(architecture, json.loads(kwargs_json), dict(stacked))
 
 
@@ -162,7 +163,7 @@ def register_layout(architecture: str) -> Callable[[LayoutFn], LayoutFn]:
     """Decorator: ``fn(architecture, kwargs, stacked) -> WeightSpace`` for one architecture name."""
 
     def wrap(fn: LayoutFn) -> LayoutFn:
-        _LAYOUTS[architecture] = fn
+        _LAYOUTS.add(architecture, fn)
         return fn
 
     return wrap

@@ -60,23 +60,41 @@ def disk_full(exc: OSError, folder: str | os.PathLike, needed: int, what: str):
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    with atomic_paths(path) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths: str | os.PathLike) -> Iterator[tuple[Path, ...]]:
+    """Yield a temporary path beside each of ``paths``; if the block succeeds, rename each onto
+    its path in the order given, else remove them all and rename none.
+
+    Each file is replaced atomically, the group is not: give last the file that vouches for the
+    others (e.g. one recording their hash), so a reader that checks it never trusts a mix.
+    """
+    targets = [Path(p) for p in paths]
+    temporaries: list[Path] = []
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; a data set is for everyone to read
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp_path, path)
-        _fsync_dir(path.parent)
+        for path in targets:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
+            os.close(fd)
+            temporaries.append(Path(tmp))
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a data set is for everyone to read
+        yield tuple(temporaries)
+        for tmp in temporaries:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+        for tmp, path in zip(temporaries, targets):
+            os.replace(tmp, path)
+        for folder in dict.fromkeys(path.parent for path in targets):
+            _fsync_dir(folder)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        for tmp in temporaries:
+            if tmp.exists():
+                tmp.unlink()
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -191,7 +191,7 @@ def _layouts(root: Path) -> pd.DataFrame:
 def _class_names(dataset: str, classes: list[int]) -> str:
     from modelset.datasets import DATASETS
 
-    info = DATASETS.get(dataset)
+    info = DATASETS.get(dataset) if dataset in DATASETS else None
     names = info.classes if info is not None else ()
     return ", ".join(f"{c} {names[c]}" if c < len(names) else str(c) for c in classes)
 
@@ -354,7 +354,7 @@ def _preprocessing_text(tasks: pd.DataFrame) -> str:
     names = sorted({str(d) for d in tasks.get("dataset", pd.Series(dtype=str))})
     rows = []
     for name in names:
-        info = DATASETS.get(name)
+        info = DATASETS.get(name) if name in DATASETS else None
         if info is None:
             rows.append([name, "?", "?", "?", "?"])
             continue
@@ -493,7 +493,7 @@ def _licence_section(table: pd.DataFrame) -> str:
         "The models were trained on source data that keeps its own licence:\n",
     ]
     for name in datasets:
-        known = citation.DATA_LICENSES.get(name)
+        known = citation.data_license(name)
         if known:
             licence, holder, url, _ = known
             text.append(f"- {name}: {licence} licence, {holder} ({url}).")

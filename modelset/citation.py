@@ -7,9 +7,11 @@ citation sections. CFF files follow the Citation File Format 1.2.0.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
+
+from modelset.registry import Registry
 
 PROJECT = "ModelSet"
 AUTHORS = "ModelSet contributors"
@@ -27,15 +29,29 @@ WEIGHTS_LICENSE_NAME = "Creative Commons Attribution 4.0 International (CC BY 4.
 WEIGHTS_LICENSE_URL = "https://creativecommons.org/licenses/by/4.0/"
 CODE_LICENSE = "MIT"
 
-#: Source data sets whose licence is known: name -> (licence, holder, URL, citation key).
-DATA_LICENSES: dict[str, tuple[str, str, str, str]] = {
-    "fashion_mnist": (
-        "MIT",
-        "Copyright (c) 2017 Zalando SE, https://tech.zalando.com",
-        "https://github.com/zalandoresearch/fashion-mnist",
-        "xiao2017fashion",
-    ),
-}
+
+class DataLicense(NamedTuple):
+    """The licence a source data set keeps: licence name, holder, URL, BibTeX key of its paper."""
+
+    licence: str
+    holder: str
+    url: str
+    citation: str
+
+
+#: Source data sets whose licence is known, by data set name (the ``dataset`` column).
+DATA_LICENSES: Registry[DataLicense] = Registry("data set licence")
+DATA_LICENSES.add("fashion_mnist", DataLicense(
+    "MIT",
+    "Copyright (c) 2017 Zalando SE, https://tech.zalando.com",
+    "https://github.com/zalandoresearch/fashion-mnist",
+    "xiao2017fashion",
+))
+
+
+def data_license(name: str) -> DataLicense | None:
+    """The recorded licence of the source data set ``name``, or None if none is recorded."""
+    return DATA_LICENSES.get(name) if name in DATA_LICENSES else None
 
 #: The papers ModelSet implements or builds on, as CFF references (``key`` is the BibTeX key).
 REFERENCES: list[dict[str, Any]] = [
@@ -199,7 +215,7 @@ def set_license_text(datasets: list[str]) -> str:
         "The models were trained on the following source data, which keeps its own licence:\n",
     ]
     for name in sorted(set(datasets)):
-        known = DATA_LICENSES.get(name)
+        known = data_license(name)
         if known:
             licence, holder, url, _ = known
             parts.append(f"- {name}: {licence} licence, {holder} ({url}).\n")

@@ -30,7 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modelset.errors import ChecksumError, DataUnavailableError, unknown_name
+from modelset import _io
+from modelset.errors import ChecksumError, DataUnavailableError
+from modelset.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -65,39 +67,40 @@ _FASHION_CLASSES = (
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
 
-DATASETS: dict[str, DatasetInfo] = {
-    "fashion_mnist": DatasetInfo(
+#: Source data sets the layer knows, by name.
+DATASETS: Registry[DatasetInfo] = Registry("dataset")
+for _info in (
+    DatasetInfo(
         "fashion_mnist", "FashionMNIST", 1, 28, 10, apt_package="dataset-fashion-mnist",
         system_dir="fashion-mnist", classes=_FASHION_CLASSES, mean=(0.2860,), std=(0.3530,),
     ),
-    "mnist": DatasetInfo(
+    DatasetInfo(
         "mnist", "MNIST", 1, 28, 10, system_dir="mnist",
         classes=tuple(str(i) for i in range(10)), mean=(0.1307,), std=(0.3081,),
     ),
-    "kmnist": DatasetInfo(
+    DatasetInfo(
         "kmnist", "KMNIST", 1, 28, 10, system_dir="kmnist", mean=(0.1918,), std=(0.3483,)
     ),
-    "cifar10": DatasetInfo(
+    DatasetInfo(
         "cifar10", "CIFAR10", 3, 32, 10,
         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
     ),
-    "cifar100": DatasetInfo(
+    DatasetInfo(
         "cifar100", "CIFAR100", 3, 32, 100,
         mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
     ),
-}  # fmt: skip
+):  # fmt: skip
+    DATASETS.add(_info.name, _info)
 
 
 def list_datasets() -> list[str]:
     """Names of every source data set the layer knows."""
-    return sorted(DATASETS)
+    return DATASETS.names()
 
 
 def dataset_info(name: str) -> DatasetInfo:
     """The :class:`DatasetInfo` of ``name``; unknown names raise ``UnknownNameError``."""
-    if name not in DATASETS:
-        raise unknown_name("dataset", name, list_datasets())
-    return DATASETS[name]
+    return DATASETS.get(name)
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
@@ -186,21 +189,18 @@ def seed_from_system(name: str, root: str | os.PathLike | None = None) -> bool:
                 f"{info.apt_package}; reinstall it with "
                 f"`sudo apt-get install --reinstall {info.apt_package}`."
             )
-        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        try:
-            with gzip.open(archive, "rb") as fin, open(tmp, "wb") as fout:
-                shutil.copyfileobj(fin, fout, 1 << 20)
-        except (OSError, EOFError) as exc:
-            tmp.unlink(missing_ok=True)
-            raise ChecksumError(f"{archive}: cannot be decompressed ({exc}); is it damaged?") from exc
-        expected = _IDX_SIZES.get(target.name)
-        size = tmp.stat().st_size
-        if expected is not None and size != expected:
-            tmp.unlink()
-            raise ChecksumError(
-                f"{archive}: decompresses to {size} bytes, expected {expected} for {target.name}."
-            )
-        os.replace(tmp, target)
+        with _io.atomic_path(target) as tmp:  # renamed into place only once complete and checked
+            try:
+                with gzip.open(archive, "rb") as fin, open(tmp, "wb") as fout:
+                    shutil.copyfileobj(fin, fout, 1 << 20)
+            except (OSError, EOFError) as exc:
+                raise ChecksumError(f"{archive}: cannot be decompressed ({exc}); is it damaged?") from exc
+            expected = _IDX_SIZES.get(target.name)
+            size = tmp.stat().st_size
+            if expected is not None and size != expected:
+                raise ChecksumError(
+                    f"{archive}: decompresses to {size} bytes, expected {expected} for {target.name}."
+                )
     log.info("seeded %s from %s into %s", name, src, raw)
     return True
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from modelset.errors import unknown_name
+from modelset.registry import Registry
 
 DomainFn = Callable[..., torch.Tensor]
 
@@ -29,16 +29,14 @@ class DomainEntry:
     description: str
 
 
-_DOMAINS: dict[str, DomainEntry] = {}
+_DOMAINS: Registry[DomainEntry] = Registry("domain")
 
 
 def register_domain(name: str) -> Callable[[DomainFn], DomainFn]:
     """Decorator: register ``fn(x, **kwargs)`` as the domain ``name``."""
 
     def wrap(fn: DomainFn) -> DomainFn:
-        if name in _DOMAINS and _DOMAINS[name].fn is not fn:
-            raise ValueError(f"domain {name!r} is registered twice")
-        _DOMAINS[name] = DomainEntry(name, fn, (inspect.getdoc(fn) or "").split("\n")[0])
+        _DOMAINS.add(name, DomainEntry(name, fn, (inspect.getdoc(fn) or "").split("\n")[0]))
         return fn
 
     return wrap
@@ -46,14 +44,12 @@ def register_domain(name: str) -> Callable[[DomainFn], DomainFn]:
 
 def list_domains() -> list[str]:
     """Names of every registered domain, sorted."""
-    return sorted(_DOMAINS)
+    return _DOMAINS.names()
 
 
 def get_domain(name: str) -> DomainEntry:
     """The registry entry of ``name``; unknown names raise ``UnknownNameError``."""
-    if name not in _DOMAINS:
-        raise unknown_name("domain", name, list_domains())
-    return _DOMAINS[name]
+    return _DOMAINS.get(name)
 
 
 def apply_domain(

@@ -75,16 +75,17 @@ def pack(path: str | os.PathLike, out: str | os.PathLike, archive: bool = True, 
     same set twice returns the existing release. With ``archive``, ``<release>.tar`` is written
     beside the folder. Refuses (``LockedError``) while a builder is writing the set.
     """
+    from modelset.writer import write_lock
+
     root = Path(path)
-    lock = _hold_write_lock(root)  # no builder may change the set while it is verified and copied
-    out_lock = None
-    try:
-        out_lock = _hold_out_lock(Path(out))
+    with contextlib.ExitStack() as held:
+        if (root / HEADER_FILE).exists():  # else not a set: verify or read_header names the problem
+            try:  # no builder may change the set while it is verified and copied
+                held.enter_context(write_lock(root))
+            except PermissionError:
+                pass  # a read-only copy cannot be written by anyone either
+        held.callback(os.close, _hold_out_lock(Path(out)))
         return _pack_locked(root, Path(out), archive, check)
-    finally:
-        for fd in (lock, out_lock):
-            if fd is not None:
-                os.close(fd)
 
 
 PACK_LOCK = ".pack.lock"
@@ -107,18 +108,6 @@ def _hold_out_lock(out: Path) -> int:
         else:
             stale.unlink()
     return fd
-
-
-def _hold_write_lock(root: Path) -> int | None:
-    """The set's writer lock (``LockedError`` if a builder holds it); ``None`` on a read-only set."""
-    from modelset.writer import ModelSetWriter
-
-    if not (root / HEADER_FILE).exists():
-        return None  # not a set: verify or read_header names the problem
-    try:
-        return ModelSetWriter._lock(root)
-    except PermissionError:
-        return None  # a read-only copy cannot be written by anyone either
 
 
 def _pack_locked(root: Path, out: Path, archive: bool, check: bool) -> Path:
@@ -194,7 +183,7 @@ def _copy_release(
         "files": entries,
     }
     _io.write_json_atomic(staging / INDEX_FILE, index)
-    os.replace(staging, target)
+    _io.replace_folder(staging, target)
     log.info("packed %d files (%d bytes) into %s", len(entries), index["total_bytes"], target)
 
 

@@ -9,6 +9,7 @@ header and checksums are brought up to date.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import fcntl
 import io
@@ -16,7 +17,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from modelset.format import (
 )
 from modelset.shards import ModelRecord, read_shard_rows, renamed_image, write_image, write_shard_file
 
-__all__ = ["ModelRecord", "ModelSetWriter", "read_checksums", "write_checksums"]
+__all__ = ["ModelRecord", "ModelSetWriter", "read_checksums", "write_checksums", "write_lock"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,35 @@ def write_checksums(root: Path, rehash_shards: bool = False) -> None:
     _io.write_text_atomic(root / CHECKSUMS_FILE, "".join(lines))
 
 
+def _acquire_lock(root: Path) -> int:
+    """The file descriptor holding ``root``'s exclusive write lock; ``LockedError`` if it is held."""
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise LockedError(
+            f"{root} is being written by another process (lock {root / LOCK_FILE} is held); "
+            "wait for it to finish or stop it first"
+        ) from exc
+    return fd
+
+
+@contextlib.contextmanager
+def write_lock(root: str | os.PathLike) -> Iterator[None]:
+    """Hold the lock an open :class:`ModelSetWriter` holds on the set at ``root``: while inside, no
+    writer can open it (a reader that must see the set unchanged, e.g. a release, holds it).
+
+    Raises ``LockedError`` if a writer or another holder has it, and ``PermissionError`` if the
+    lock file cannot be created (a read-only copy, which no one can write either).
+    """
+    fd = _acquire_lock(Path(root))
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
 class ModelSetWriter:
     """Create or resume a model set at ``root``. Use ``ModelSetWriter.open`` as a context manager.
 
@@ -125,7 +155,7 @@ class ModelSetWriter:
         root = Path(root)
         config = dict(config or {})
         root.mkdir(parents=True, exist_ok=True)
-        lock_fd = cls._lock(root)
+        lock_fd = _acquire_lock(root)
         try:
             header_path = root / HEADER_FILE
             contents = [p for p in root.iterdir() if p.name != LOCK_FILE]
@@ -163,19 +193,6 @@ class ModelSetWriter:
         except BaseException:
             os.close(lock_fd)
             raise
-
-    @staticmethod
-    def _lock(root: Path) -> int:
-        fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            os.close(fd)
-            raise LockedError(
-                f"{root} is being written by another process (lock {root / LOCK_FILE} is held); "
-                "wait for it to finish or stop it first"
-            ) from exc
-        return fd
 
     def close(self) -> None:
         if self._lock_fd >= 0:

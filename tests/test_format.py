@@ -214,6 +214,21 @@ def test_second_writer_is_locked_out(tmp_path: Path) -> None:
             ModelSetWriter.open(tmp_path / "s", name="toy", config=CONFIG)
 
 
+def test_write_lock_excludes_writers_both_ways(tmp_path: Path) -> None:
+    from modelset.errors import LockedError
+    from modelset.writer import write_lock
+
+    root = tmp_path / "s"
+    with ModelSetWriter.open(root, name="toy", config=CONFIG):
+        with pytest.raises(LockedError, match="another process"), write_lock(root):
+            pass
+    with write_lock(root):
+        with pytest.raises(LockedError, match="another process"):
+            ModelSetWriter.open(root, name="toy", config=CONFIG)
+    with ModelSetWriter.open(root, name="toy", config=CONFIG):  # released on leaving
+        pass
+
+
 def test_writer_rejects_bad_models(tmp_path: Path) -> None:
     bad = make_record(0, "t0")
     bad.checkpoints["final"]["conv1.weight"][0, 0, 0, 0] = float("nan")

@@ -429,6 +429,53 @@ def test_comparison_tables_values_and_files(tmp_path) -> None:
     assert (tmp_path / "out" / "shape_adaptor_scales.csv").read_text().startswith("adaptor,scale_mean")
 
 
+def test_a_new_recipe_reaches_the_tables_through_its_metadata(tmp_path) -> None:
+    """A recipe declaring a comparison and a learned vector gets its table, claim and summary
+    without any edit to the table code."""
+    from builders.variants._registry import (
+        Comparison,
+        LearnedVector,
+        RecipeMeta,
+        register_recipe,
+        unregister_recipe,
+    )
+    from builders.variants.tables import write_tables
+
+    meta = RecipeMeta(
+        Comparison(family="toy_vs_plain", title="Toy vs plain", methods=("toy",), baseline="plain",
+                   claim="toy ≥ plain (a test)", order=0),
+        learned=(LearnedVector(name="toy_gates", title="Toy gates", variant="toy", column="gates",
+                               item="gate", prefix="g", value="gate"),),
+    )
+    register_recipe("toy_recipe", meta=meta)(lambda parent, data, seed, **params: [])
+    try:
+        rows = [{"task": f"t{i}", "seed": 0, "variant": v, "family": "toy_vs_plain", "match_id": f"m{i}",
+                 "level": "", "test_accuracy": acc + 0.01 * i, "gates": "[0.25, 0.75]"}
+                for i in range(3) for v, acc in (("toy", 0.6), ("plain", 0.5))]
+        written = write_tables(pd.concat([_fake_metadata(), pd.DataFrame(rows)], ignore_index=True), tmp_path)
+        text = written["markdown"].read_text()
+        assert text.index("## Toy vs plain") < text.index("## STR vs GMP")  # order=0: first table
+        toy = pd.read_csv(written["toy_vs_plain"])
+        assert list(toy["variant"]) == ["toy", "plain"]
+        assert toy.loc[0, "delta_vs_baseline_mean"] == pytest.approx(0.1)
+        claims = pd.read_csv(written["claims"])
+        assert claims.loc[claims["comparison"] == "toy_vs_plain", "claim"].tolist() == ["toy ≥ plain (a test)"]
+        gates = pd.read_csv(written["toy_gates"])
+        assert list(gates.columns) == ["gate", "gate_mean", "gate_std"]
+        assert gates["gate_mean"].tolist() == pytest.approx([0.25, 0.75])
+        assert "## Toy gates" in text
+    finally:
+        unregister_recipe("toy_recipe")
+    assert "toy_recipe" not in list_recipes()
+
+
+def test_comparison_claim_variants_must_be_methods() -> None:
+    from builders.variants._registry import Comparison
+
+    with pytest.raises(ValueError, match=r"claim variants \['other'\]"):
+        Comparison(family="f", title="t", methods=("a",), baseline="b", claim="c", claim_variants=("other",))
+
+
 def test_card_lists_each_recipes_deviations() -> None:
     from builders.variants._card import card_text, deviations
 

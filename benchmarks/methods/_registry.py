@@ -26,8 +26,9 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 
-from modelset.errors import MissingModelError, ModelSetError, unknown_name
+from modelset.errors import MissingModelError, ModelSetError
 from modelset.reader import ModelSet
+from modelset.registry import Registry
 
 INVARIANCES = ("permutation", "scale", "sparsity", "architecture", "function")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -202,7 +203,7 @@ class SimilarityMethod:
         return out
 
 
-_METHODS: dict[str, type[SimilarityMethod]] = {}
+_METHODS: Registry[type[SimilarityMethod]] = Registry("similarity method")
 M = TypeVar("M", bound=type[SimilarityMethod])
 
 
@@ -213,28 +214,27 @@ def register_method(cls: M) -> M:
         raise MethodError(f"{cls.__name__}: a registered method needs a MethodMeta as class attribute 'meta'")
     if not (cls.has_embedding() or cls._similarity is not SimilarityMethod._similarity):
         raise MethodError(f"method {meta.name!r}: implement _embed or _similarity")
-    known = _METHODS.get(meta.name)
+    known = _METHODS.get(meta.name) if meta.name in _METHODS else None
     if known is not None and known.__qualname__ != cls.__qualname__:
         raise MethodError(f"method {meta.name!r} is registered twice ({known.__qualname__}, {cls.__qualname__})")
-    _METHODS[meta.name] = cls
+    _METHODS.remove(meta.name)  # a re-imported module re-registers its own class
+    _METHODS.add(meta.name, cls)
     return cls
 
 
 def unregister_method(name: str) -> None:
     """Remove ``name`` from the registry (tests that define their own methods clean up with it)."""
-    _METHODS.pop(name, None)
+    _METHODS.remove(name)
 
 
 def list_methods() -> list[str]:
     """Names of every registered method, sorted."""
-    return sorted(_METHODS)
+    return _METHODS.names()
 
 
 def get_method(name: str) -> type[SimilarityMethod]:
     """The class registered as ``name``; ``UnknownNameError`` with close names otherwise."""
-    if name not in _METHODS:
-        raise unknown_name("similarity method", name, list_methods())
-    return _METHODS[name]
+    return _METHODS.get(name)
 
 
 def create_method(name: str, **config: Any) -> SimilarityMethod:

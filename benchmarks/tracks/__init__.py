@@ -14,6 +14,7 @@ from benchmarks.tracks import (  # noqa: F401  (imported to register the built-i
     variant_robustness,
 )
 from benchmarks.tracks._registry import (
+    Plot,
     Track,
     TrackError,
     TrackMeta,
@@ -21,6 +22,7 @@ from benchmarks.tracks._registry import (
     get_track,
     list_tracks,
     register_track,
+    unregister_track,
 )
 
-__all__ = ["Track", "TrackError", "TrackMeta", "TrackOutcome", "get_track", "list_tracks", "register_track"]
+__all__ = ["Plot", "Track", "TrackError", "TrackMeta", "TrackOutcome", "get_track", "list_tracks", "register_track", "unregister_track"]

@@ -13,15 +13,16 @@ from __future__ import annotations
 import logging
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
 from benchmarks.methods import SimilarityMethod
 from lps.splits import Split
-from modelset.errors import ModelSetError, unknown_name
+from modelset.errors import ModelSetError
 from modelset.reader import ModelSet
+from modelset.registry import Registry
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -32,9 +33,32 @@ class TrackError(ModelSetError):
 
 
 @dataclass(frozen=True)
+class Plot:
+    """A leaderboard figure drawn from a track's result files.
+
+    ``kind`` names a figure of :mod:`benchmarks._plots` (which curves it reads); ``title`` and
+    ``caption`` may use ``{fold}`` (the fold shown) and ``{method}`` (the method shown, for a
+    one-method figure); ``metric``: the metric a figure quotes per method (an ROC legend's AUC);
+    ``prefer``: methods shown first by a one-method figure."""
+
+    kind: str
+    title: str
+    caption: str
+    metric: str = ""
+    prefer: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class TrackMeta:
-    """``primary``: the metrics shown in the main leaderboard table, in order.
-    ``lower_is_better``: metrics where smaller is better (e.g. regret)."""
+    """What a track measures and how the leaderboard shows it.
+
+    ``primary``: the metrics shown in the main leaderboard table, in order.
+    ``lower_is_better``: metrics where smaller is better (e.g. regret; the header gets a ↓).
+    Presentation only (not part of a result's record or hash): ``labels`` maps a primary metric
+    to its column header (default ``track.metric``); ``order`` places the track's columns, sections
+    and notes on the leaderboard (then by name); ``plots``: its figures; ``reliability``: the
+    metric holding the test–retest reliability of the track's ground truth, noted under the main
+    table and flagged in the header when low."""
 
     name: str
     description: str
@@ -42,19 +66,40 @@ class TrackMeta:
     reference: str = ""
     lower_is_better: tuple[str, ...] = ()
     config: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    order: int = 100
+    plots: tuple[Plot, ...] = ()
+    reliability: str = ""
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
             raise TrackError(f"track name {self.name!r}: expected lower_snake_case")
         object.__setattr__(self, "primary", tuple(self.primary))
         object.__setattr__(self, "lower_is_better", tuple(self.lower_is_better))
+        object.__setattr__(self, "plots", tuple(self.plots))
         if not self.primary:
             raise TrackError(f"track {self.name!r}: declare at least one primary metric")
+        stray = sorted(set(self.labels) - set(self.primary))
+        if stray:
+            raise TrackError(f"track {self.name!r}: labels for {stray}, which are not primary metrics {list(self.primary)}")
+        if not all(isinstance(p, Plot) for p in self.plots):
+            raise TrackError(f"track {self.name!r}: plots must be Plot(kind, title, caption) entries")
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["primary"], d["lower_is_better"] = list(self.primary), list(self.lower_is_better)
-        return d
+        """The record a result file keeps and hashes: what the track measures, not how it is shown."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "primary": list(self.primary),
+            "reference": self.reference,
+            "lower_is_better": list(self.lower_is_better),
+            "config": dict(self.config),
+        }
+
+    def label(self, metric: str) -> str:
+        """Column header of ``metric``: its label, ``↓`` appended where lower is better."""
+        text = self.labels.get(metric, f"{self.name}.{metric}")
+        return f"{text} ↓" if metric in self.lower_is_better else text
 
 
 @dataclass
@@ -109,7 +154,7 @@ class Track:
         raise NotImplementedError
 
 
-_TRACKS: dict[str, type[Track]] = {}
+_TRACKS: Registry[type[Track]] = Registry("benchmark track")
 T = TypeVar("T", bound=type[Track])
 
 
@@ -118,23 +163,27 @@ def register_track(cls: T) -> T:
     meta = getattr(cls, "meta", None)
     if not isinstance(meta, TrackMeta):
         raise TrackError(f"{cls.__name__}: a registered track needs a TrackMeta as class attribute 'meta'")
-    known = _TRACKS.get(meta.name)
+    known = _TRACKS.get(meta.name) if meta.name in _TRACKS else None
     if known is not None and known.__qualname__ != cls.__qualname__:
         raise TrackError(f"track {meta.name!r} is registered twice")
-    _TRACKS[meta.name] = cls
+    _TRACKS.remove(meta.name)  # a re-imported module re-registers its own class
+    _TRACKS.add(meta.name, cls)
     return cls
+
+
+def unregister_track(name: str) -> None:
+    """Forget the track ``name`` (tests register throw-away tracks)."""
+    _TRACKS.remove(name)
 
 
 def list_tracks() -> list[str]:
     """Names of every registered track, sorted."""
-    return sorted(_TRACKS)
+    return _TRACKS.names()
 
 
 def get_track(name: str) -> type[Track]:
     """The class registered as ``name``; ``UnknownNameError`` with close names otherwise."""
-    if name not in _TRACKS:
-        raise unknown_name("benchmark track", name, sorted(_TRACKS))
-    return _TRACKS[name]
+    return _TRACKS.get(name)
 
 
 # -- helpers shared by the tracks ------------------------------------------------------------

@@ -38,7 +38,7 @@ import numpy as np
 
 from benchmarks import metrics
 from benchmarks.methods import SimilarityMethod
-from benchmarks.tracks._registry import Track, TrackMeta, register_track, test_ids
+from benchmarks.tracks._registry import Plot, Track, TrackMeta, register_track, test_ids
 from lps.splits import Split
 from modelset.reader import ModelSet
 
@@ -128,6 +128,9 @@ class FewShot(Track):
         primary=("flex_score", "accuracy"),
         reference="Ren, Liao, Fetaya, Zemel 2020, Flexible Few-Shot Learning with Contextual Similarity (arXiv 2012.05895)",
         config={"n_way": 5, "k_shots": [1, 5], "n_query": 5, "episodes": 300},
+        labels={"flex_score": "few-shot score", "accuracy": "few-shot acc"},
+        order=60,
+        plots=(Plot("few_shot_bars", "Flexible few-shot", "Episode accuracy by grouping context with 95% intervals."),),
     )
 
     def _pool(self, ms: ModelSet, split: Split) -> list[str]:

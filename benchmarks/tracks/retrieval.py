@@ -14,6 +14,7 @@ import numpy as np
 from benchmarks import metrics
 from benchmarks.methods import SimilarityMethod
 from benchmarks.tracks._registry import (
+    Plot,
     Track,
     TrackMeta,
     embedding_map,
@@ -34,6 +35,14 @@ class Retrieval(Track):
         primary=("map", "rank1", "rank5"),
         reference="Wang et al. 2019 (LPS) held-out-task retrieval",
         config={"max_rank": 10},
+        labels={"map": "mAP", "rank1": "rank-1", "rank5": "rank-5"},
+        order=30,
+        plots=(
+            Plot("cmc", "Retrieval CMC curves", "Fraction of held-out-task queries with a same-task model among the top k."),
+            Plot("embedding_map", "Embedding map: {method}",
+                 "PCA of unit-norm embeddings of every test model (held-out models and held-out tasks).",
+                 prefer=("lps", "lps_contrastive")),
+        ),
     )
 
     def _not_applicable(self, ms: ModelSet, split: Split) -> str:

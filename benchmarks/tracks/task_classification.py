@@ -17,7 +17,7 @@ import numpy as np
 
 from benchmarks import metrics
 from benchmarks.methods import SimilarityMethod
-from benchmarks.tracks._registry import Track, TrackMeta, register_track, tasks_of
+from benchmarks.tracks._registry import Plot, Track, TrackMeta, register_track, tasks_of
 from lps.splits import Split
 from modelset.reader import ModelSet
 
@@ -29,6 +29,10 @@ class TaskClassification(Track):
         description="held-out models of seen tasks: nearest task by mean similarity (accuracy); pair verification (ROC AUC)",
         primary=("accuracy", "auc"),
         reference="Wang et al. 2019 (LPS) task classification protocol",
+        labels={"accuracy": "task acc", "auc": "pair AUC"},
+        order=10,
+        plots=(Plot("roc", "ROC curves", "Pair verification on held-out models of seen tasks, fold {fold}; AUC in brackets.",
+                    metric="auc"),),
     )
     queries_name = "held-out models of seen tasks"
 
@@ -87,6 +91,8 @@ class HeldoutRecipe(TaskClassification):
         description="models of seen tasks trained with held-out recipe families: nearest task (accuracy); pair verification (ROC AUC)",
         primary=("accuracy", "auc"),
         reference="out-of-recipe generalisation; task classification protocol of Wang et al. 2019",
+        labels={"accuracy": "out-of-recipe acc", "auc": "out-of-recipe AUC"},
+        order=20,
     )
     queries_name = "models of held-out recipe families (the set declares none: folds.heldout_recipe_families)"
 

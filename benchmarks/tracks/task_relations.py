@@ -15,7 +15,7 @@ import numpy as np
 
 from benchmarks import metrics
 from benchmarks.methods import SimilarityMethod
-from benchmarks.tracks._registry import Track, TrackMeta, register_track, tasks_of, test_ids
+from benchmarks.tracks._registry import Plot, Track, TrackMeta, register_track, tasks_of, test_ids
 from lps.splits import Split
 from modelset.reader import ModelSet
 
@@ -51,6 +51,10 @@ class TaskRelations(Track):
         description="Spearman correlation of the method's task x task similarity with ground-truth relations",
         primary=("spearman_mean",),
         reference="Taskonomy-style task relations (Zamir et al. 2018); Achille et al. 2019",
+        labels={"spearman_mean": "relations ρ"},
+        order=40,
+        plots=(Plot("task_matrices", "Task × task similarity",
+                    "Ground-truth relations (first panels) beside each method's mean model similarity per task pair."),),
     )
 
     def _tasks(self, ms: ModelSet, split: Split) -> list[str]:

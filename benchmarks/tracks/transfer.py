@@ -31,6 +31,9 @@ class TransferSelection(Track):
         primary=("kendall_tau", "regret"),
         lower_is_better=("regret",),
         reference="Taskonomy-style transfer affinity (Zamir et al. 2018); Achille et al. 2019 model selection",
+        labels={"kendall_tau": "transfer τ", "regret": "regret"},
+        order=70,
+        reliability="ground_truth_reliability",
     )
 
     def _targets(self, ms: ModelSet, split: Split) -> list[str]:

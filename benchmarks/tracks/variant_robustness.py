@@ -18,7 +18,7 @@ import pandas as pd
 
 from benchmarks import metrics
 from benchmarks.methods import SimilarityMethod
-from benchmarks.tracks._registry import Track, TrackMeta, register_track, tasks_of
+from benchmarks.tracks._registry import Plot, Track, TrackMeta, register_track, tasks_of
 from lps.splits import Split, family_roots
 from modelset.reader import ModelSet
 
@@ -58,6 +58,10 @@ class VariantRobustness(Track):
         description="query: a variant model; gallery: base models outside its family; rank-1 and mAP per family",
         primary=("rank1", "map"),
         reference="variants of Kusupati et al. 2020, Zhang et al. 2019, Liu et al. 2020, Liu et al. 2019",
+        labels={"rank1": "variant rank-1", "map": "variant mAP"},
+        order=50,
+        plots=(Plot("tradeoff", "Variants: accuracy vs FLOPs",
+                    "Each dot a model of the zoo, each cross a family's mean (from the model table)."),),
     )
 
     def _not_applicable(self, ms: ModelSet, split: Split) -> str:

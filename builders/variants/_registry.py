@@ -1,12 +1,19 @@
-"""Registry of variant recipes: the build config names a recipe, the registry finds it."""
+"""Registry of variant recipes: the build config names a recipe, the registry finds it.
+
+Each recipe may also declare how its models are compared (:class:`RecipeMeta`): the family it
+writes, which variants are the method and which the paper's baseline, the paper's claim, and any
+learned vector worth summarising. The variant tables render from these forms alone, so a new
+recipe with a comparison is one ``register_recipe(name, meta=RecipeMeta(...))``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from builders.variants._common import Parent, TaskTensors
-from modelset.errors import unknown_name
+from modelset.registry import Registry
 from modelset.writer import ModelRecord
 
 
@@ -24,28 +31,133 @@ class Recipe(Protocol):
     ) -> list[ModelRecord]: ...
 
 
-_RECIPES: dict[str, Recipe] = {}
+@dataclass(frozen=True)
+class Comparison:
+    """A method against the baseline its paper beats, over the models of one ``family``.
+
+    ``methods``/``baseline``: values of the ``variant`` column; ``title``: the table's heading;
+    ``claim``: the paper's qualitative claim and ``claim_variants`` the method variants it is
+    about (default: all ``methods``); ``order`` places the table among the others (then family).
+    """
+
+    family: str
+    title: str
+    methods: tuple[str, ...]
+    baseline: str
+    claim: str = ""
+    claim_variants: tuple[str, ...] = ()
+    order: int = 100
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", tuple(self.methods))
+        object.__setattr__(self, "claim_variants", tuple(self.claim_variants or self.methods))
+        if not self.methods:
+            raise ValueError(f"comparison {self.family!r}: name at least one method variant")
+        stray = sorted(set(self.claim_variants) - set(self.methods))
+        if stray:
+            raise ValueError(f"comparison {self.family!r}: claim variants {stray} are not among its methods {list(self.methods)}")
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        """Method variants, then the baseline: the row order of the table."""
+        return (*self.methods, self.baseline)
 
 
-def register_recipe(name: str) -> Callable[[Recipe], Recipe]:
-    """Decorator: register a recipe function under ``name``."""
+@dataclass(frozen=True)
+class LearnedVector:
+    """A per-model vector a recipe learns (JSON list in ``column`` of its ``variant``'s rows),
+    summarised as mean ± std per position: rows ``{prefix}{i}`` under ``item``, columns
+    ``{value}_mean``/``{value}_std``; written as ``{name}.csv`` under ``title``."""
+
+    name: str
+    title: str
+    variant: str
+    column: str
+    item: str
+    prefix: str
+    value: str
+
+
+@dataclass(frozen=True)
+class RecipeMeta:
+    """How a recipe's models are compared and summarised in the variant tables."""
+
+    comparison: Comparison | None = None
+    learned: tuple[LearnedVector, ...] = ()
+
+
+_RECIPES: Registry[Recipe] = Registry("variant recipe")
+_META: Registry[RecipeMeta] = Registry("variant recipe metadata")
+
+
+def register_recipe(name: str, meta: RecipeMeta | None = None) -> Callable[[Recipe], Recipe]:
+    """Decorator: register a recipe function under ``name`` (with its ``meta``, if any)."""
 
     def wrap(fn: Recipe) -> Recipe:
-        if name in _RECIPES and _RECIPES[name] is not fn:
-            raise ValueError(f"variant recipe {name!r} is registered twice")
-        _RECIPES[name] = fn
+        _RECIPES.add(name, fn)
+        if meta is not None:
+            describe_recipe(name, meta)
         return fn
 
     return wrap
 
 
+def describe_recipe(name: str, meta: RecipeMeta) -> None:
+    """Declare how the models of recipe ``name`` are compared (see :class:`RecipeMeta`)."""
+    _META.remove(name)
+    _META.add(name, meta)
+
+
+def unregister_recipe(name: str) -> None:
+    """Forget recipe ``name`` and its metadata (tests register throw-away recipes)."""
+    _RECIPES.remove(name)
+    _META.remove(name)
+
+
 def get_recipe(name: str) -> Recipe:
     """The recipe registered as ``name``; ``UnknownNameError`` with the closest names otherwise."""
-    if name not in _RECIPES:
-        raise unknown_name("variant recipe", name, list_recipes())
-    return _RECIPES[name]
+    return _RECIPES.get(name)
+
+
+def recipe_meta(name: str) -> RecipeMeta:
+    """What recipe ``name`` declares for the tables (an empty form if it declares nothing)."""
+    return _META.get(name) if name in _META else RecipeMeta()
 
 
 def list_recipes() -> list[str]:
     """Names of every registered recipe, sorted."""
-    return sorted(_RECIPES)
+    return _RECIPES.names()
+
+
+def comparisons() -> list[Comparison]:
+    """Every declared comparison, in table order (``order``, then family)."""
+    found = [_META.get(n).comparison for n in _META.names()]
+    return sorted((c for c in found if c is not None), key=lambda c: (c.order, c.family))
+
+
+def learned_vectors() -> list[LearnedVector]:
+    """Every declared learned vector, by recipe name."""
+    return [v for n in _META.names() for v in _META.get(n).learned]
+
+
+# -- the built-in recipes' forms -------------------------------------------------------------
+describe_recipe("str", RecipeMeta(Comparison(
+    family="str_vs_gmp", title="STR vs GMP at matched sparsity", methods=("str",), baseline="gmp",
+    claim="STR ≥ GMP at the same sparsity, especially at high sparsity (Kusupati et al. 2020)", order=10)))
+describe_recipe("channel_sim", RecipeMeta(Comparison(
+    family="channel_sim_vs_l1", title="Channel-similarity vs L1-norm filter pruning at equal FLOPs",
+    methods=("channel_sim",), baseline="l1_filter",
+    claim="channel similarity ≥ L1-norm filter pruning at equal FLOPs (Zhang et al. 2019)", order=20)))
+describe_recipe("shape_adaptor", RecipeMeta(
+    Comparison(family="shape_adaptor_vs_fixed_stride", title="Shape adaptor vs fixed strides",
+               methods=("shape_adaptor",), baseline="fixed_stride",
+               claim="shape adaptor ≥ fixed, human-designed down-sampling (Liu et al. 2020)", order=30),
+    learned=(LearnedVector(name="shape_adaptor_scales", title="Learned shape-adaptor scales", variant="shape_adaptor",
+                           column="scales", item="adaptor", prefix="sa", value="scale"),),
+))
+describe_recipe("nsl", RecipeMeta(Comparison(
+    family="nsl_vs_conv",
+    title="NSL (static full, static diagonal, dynamic full, dynamic diagonal) vs convolution",
+    methods=("nsl_full", "nsl_diag", "nsl_dynamic_full", "nsl_dynamic_diag"), baseline="conv",
+    claim="dynamic NSL ≥ convolution (Liu et al. 2019)", claim_variants=("nsl_dynamic_full", "nsl_dynamic_diag"),
+    order=40)))

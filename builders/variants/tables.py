@@ -1,6 +1,7 @@
 """Comparison tables of the variant families, a pure function of a model set's metadata table.
 
-Four comparisons, each a method against the baseline its paper beats:
+The comparisons are the ones recipes declare (``RecipeMeta.comparison``), each a method against
+the baseline its paper beats; the built-in four:
 
 - ``str_vs_gmp``: STR vs GMP at matched sparsity (each GMP model is trained to the sparsity its
   STR twin reached; rows grouped by STR's ``s_init`` level);
@@ -16,7 +17,8 @@ baseline's row, of its twin — and the paired accuracy difference to the baseli
 seed and level, via ``match_id``): its mean over parents (a parent's seeds averaged first), a 95 %
 bootstrap interval over parents (``scipy.stats.bootstrap``, BCa, 9,999 resamples, fixed seed) and
 the two-sided p-value of a Wilcoxon signed-rank test on the per-parent differences
-(``scipy.stats.wilcoxon``). ``claims_table`` sets each paper's claim beside the measurement.
+(``scipy.stats.wilcoxon``). ``claims_table`` sets each paper's claim beside the measurement;
+recipes that learn a per-model vector (``RecipeMeta.learned``) get its mean ± std per position.
 """
 
 from __future__ import annotations
@@ -29,26 +31,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from builders.variants._registry import Comparison, LearnedVector, comparisons, learned_vectors
+from modelset._io import atomic_path, write_text_atomic
+from modelset.errors import unknown_name
+
 log = logging.getLogger(__name__)
-
-#: comparison -> (method variants, baseline variant)
-COMPARISONS: dict[str, tuple[tuple[str, ...], str]] = {
-    "str_vs_gmp": (("str",), "gmp"),
-    "channel_sim_vs_l1": (("channel_sim",), "l1_filter"),
-    "shape_adaptor_vs_fixed_stride": (("shape_adaptor",), "fixed_stride"),
-    "nsl_vs_conv": (("nsl_full", "nsl_diag", "nsl_dynamic_full", "nsl_dynamic_diag"), "conv"),
-}
-
-#: comparison -> (the paper's qualitative claim, the method variants the claim is about)
-CLAIMS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "str_vs_gmp": ("STR ≥ GMP at the same sparsity, especially at high sparsity "
-                   "(Kusupati et al. 2020)", ("str",)),
-    "channel_sim_vs_l1": ("channel similarity ≥ L1-norm filter pruning at equal FLOPs "
-                          "(Zhang et al. 2019)", ("channel_sim",)),
-    "shape_adaptor_vs_fixed_stride": ("shape adaptor ≥ fixed, human-designed down-sampling "
-                                      "(Liu et al. 2020)", ("shape_adaptor",)),
-    "nsl_vs_conv": ("dynamic NSL ≥ convolution (Liu et al. 2019)", ("nsl_dynamic_full", "nsl_dynamic_diag")),
-}
 
 #: Bootstrap resamples and seed of the intervals (fixed: tables are a pure function of the set).
 N_RESAMPLES = 9_999
@@ -87,9 +74,18 @@ def _col(df: pd.DataFrame, name: str) -> pd.Series:
     return df[name] if name in df.columns else pd.Series(np.nan, index=df.index)
 
 
-def comparison_table(metadata: pd.DataFrame, comparison: str) -> pd.DataFrame:
-    """One comparison's summary rows (``SUMMARY_COLUMNS``); empty if the set has none of it."""
-    methods, baseline = COMPARISONS[comparison]
+def _comparison(family: str) -> Comparison:
+    known = {c.family: c for c in comparisons()}
+    if family not in known:
+        raise unknown_name("variant comparison", family, sorted(known))
+    return known[family]
+
+
+def comparison_table(metadata: pd.DataFrame, comparison: str | Comparison) -> pd.DataFrame:
+    """One comparison's summary rows (``SUMMARY_COLUMNS``), by family name or declared form;
+    empty if the set has none of it."""
+    spec = comparison if isinstance(comparison, Comparison) else _comparison(comparison)
+    comparison, methods, baseline = spec.family, spec.methods, spec.baseline
     if "family" not in metadata.columns:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
     rows = metadata[(metadata["family"] == comparison) & metadata["variant"].isin((*methods, baseline))].copy()
@@ -138,9 +134,12 @@ def claims_table(metadata: pd.DataFrame) -> pd.DataFrame:
     ``"no difference detected"`` otherwise (the interval spans 0, or the two disagree).
     """
     out = []
-    for comparison, (claim, methods) in CLAIMS.items():
-        table = comparison_table(metadata, comparison)
-        for row in table[table["variant"].isin(methods)].itertuples(index=False):
+    for spec in comparisons():
+        if not spec.claim:
+            continue
+        comparison, claim = spec.family, spec.claim
+        table = comparison_table(metadata, spec)
+        for row in table[table["variant"].isin(spec.claim_variants)].itertuples(index=False):
             low, high = row.delta_ci95_low, row.delta_ci95_high
             significant = bool(row.wilcoxon_p < 0.05)  # False for NaN
             verdict = ("–" if np.isnan(low) else "method better" if low > 0 and significant
@@ -154,18 +153,19 @@ def claims_table(metadata: pd.DataFrame) -> pd.DataFrame:
                                       "sparsity_mean", "delta_mean", "ci95", "wilcoxon_p", "verdict"])
 
 
-def learned_scales(metadata: pd.DataFrame) -> pd.DataFrame:
-    """Shape adaptors' learned scales: mean ± std per adaptor position over models."""
-    if "variant" not in metadata.columns or "scales" not in metadata.columns:
+def learned_summary(metadata: pd.DataFrame, spec: LearnedVector) -> pd.DataFrame:
+    """A declared learned vector (e.g. shape adaptors' scales): mean ± std per position over the
+    models of its variant; empty if the set has none."""
+    if "variant" not in metadata.columns or spec.column not in metadata.columns:
         return pd.DataFrame()
-    sa = metadata[metadata["variant"] == "shape_adaptor"]
-    if sa.empty:
+    rows = metadata[metadata["variant"] == spec.variant]
+    if rows.empty:
         return pd.DataFrame()
-    scales = np.array([json.loads(s) for s in sa["scales"]], dtype=float)  # (models, adaptors)
+    values = np.array([json.loads(s) for s in rows[spec.column]], dtype=float)  # (models, positions)
     return pd.DataFrame({
-        "adaptor": [f"sa{i}" for i in range(scales.shape[1])],
-        "scale_mean": scales.mean(0),
-        "scale_std": scales.std(0, ddof=1) if len(scales) > 1 else np.zeros(scales.shape[1]),
+        spec.item: [f"{spec.prefix}{i}" for i in range(values.shape[1])],
+        f"{spec.value}_mean": values.mean(0),
+        f"{spec.value}_std": values.std(0, ddof=1) if len(values) > 1 else np.zeros(values.shape[1]),
     })
 
 
@@ -209,7 +209,7 @@ def plot_accuracy_vs_flops(metadata: pd.DataFrame, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    variants = [v for methods, base in COMPARISONS.values() for v in (*methods, base)]
+    variants = [v for spec in comparisons() for v in spec.variants]
     rows = metadata[metadata["variant"].isin(variants)] if "variant" in metadata.columns else metadata.iloc[:0]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     flops_col = "flops_sparse" if "flops_sparse" in rows.columns else "flops"
@@ -229,9 +229,14 @@ def plot_accuracy_vs_flops(metadata: pd.DataFrame, path: Path) -> None:
     if len(rows):
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+
+
+def _write_csv(table: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
 
 
 def write_tables(metadata: pd.DataFrame, out: str | Path) -> dict[str, Path]:
@@ -247,31 +252,26 @@ def write_tables(metadata: pd.DataFrame, out: str | Path) -> dict[str, Path]:
                 "the baseline twin of the same parent and seed (mean ± std), with a 95 % bootstrap "
                 "interval over parents and a Wilcoxon signed-rank p-value. Method and twin share "
                 "optimiser, schedule, data and steps; FLOPs and parameters of both are in the rows.\n"]
-    titles = {
-        "str_vs_gmp": "STR vs GMP at matched sparsity",
-        "channel_sim_vs_l1": "Channel-similarity vs L1-norm filter pruning at equal FLOPs",
-        "shape_adaptor_vs_fixed_stride": "Shape adaptor vs fixed strides",
-        "nsl_vs_conv": "NSL (static full, static diagonal, dynamic full, dynamic diagonal) vs convolution",
-    }
     claims = claims_table(metadata)
-    claims.to_csv(out / "claims.csv", index=False)
+    _write_csv(claims, out / "claims.csv")
     written["claims"] = out / "claims.csv"
     sections += ["\n## The papers' claims, paired over parents\n",
                  to_markdown(claims) if len(claims) else "_no paired comparisons in the set_\n"]
-    for name in COMPARISONS:
-        table = comparison_table(metadata, name)
-        path = out / f"{name}.csv"
-        table.to_csv(path, index=False)
-        written[name] = path
-        sections += [f"\n## {titles[name]}\n", to_markdown(table)]
-    scales = learned_scales(metadata)
-    if not scales.empty:
-        path = out / "shape_adaptor_scales.csv"
-        scales.to_csv(path, index=False)
-        written["shape_adaptor_scales"] = path
-        sections += ["\n## Learned shape-adaptor scales\n", to_markdown(scales)]
+    for spec in comparisons():
+        table = comparison_table(metadata, spec)
+        path = out / f"{spec.family}.csv"
+        _write_csv(table, path)
+        written[spec.family] = path
+        sections += [f"\n## {spec.title}\n", to_markdown(table)]
+    for vector in learned_vectors():
+        summary = learned_summary(metadata, vector)
+        if not summary.empty:
+            path = out / f"{vector.name}.csv"
+            _write_csv(summary, path)
+            written[vector.name] = path
+            sections += [f"\n## {vector.title}\n", to_markdown(summary)]
     md = out / "variants.md"
-    md.write_text("".join(s if s.endswith("\n") else s + "\n" for s in sections), encoding="utf-8")
+    write_text_atomic(md, "".join(s if s.endswith("\n") else s + "\n" for s in sections))
     written["markdown"] = md
     plot = out / "accuracy_vs_flops.png"
     plot_accuracy_vs_flops(metadata, plot)

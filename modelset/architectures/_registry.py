@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from modelset.errors import SchemaError, unknown_name
+from modelset.errors import SchemaError
+from modelset.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -21,17 +22,15 @@ class ArchitectureEntry:
     description: str
 
 
-_ARCHITECTURES: dict[str, ArchitectureEntry] = {}
+_ARCHITECTURES: Registry[ArchitectureEntry] = Registry("architecture")
 
 
 def register_architecture(name: str) -> Callable[[Callable[..., torch.nn.Module]], Callable]:
     """Decorator: register ``factory(**kwargs) -> nn.Module`` under ``name``."""
 
     def wrap(factory: Callable[..., torch.nn.Module]) -> Callable[..., torch.nn.Module]:
-        if name in _ARCHITECTURES and _ARCHITECTURES[name].factory is not factory:
-            raise ValueError(f"architecture {name!r} is registered twice")
         doc = (inspect.getdoc(factory) or "").split("\n")[0]
-        _ARCHITECTURES[name] = ArchitectureEntry(name, factory, doc)
+        _ARCHITECTURES.add(name, ArchitectureEntry(name, factory, doc))  # equal entry: same factory
         return factory
 
     return wrap
@@ -54,7 +53,7 @@ def positive_ints(name: str, values: Any, length: int | None = None) -> tuple[in
 
 def list_architectures() -> list[str]:
     """Names of every registered architecture, sorted."""
-    return sorted(_ARCHITECTURES)
+    return _ARCHITECTURES.names()
 
 
 def canonical_kwargs(kwargs: dict[str, Any] | str | None) -> str:
@@ -72,10 +71,9 @@ def build_architecture(name: str, kwargs: dict[str, Any] | str | None = None) ->
     Raises ``UnknownNameError`` for an unknown name and ``SchemaError`` for arguments the
     factory does not accept.
     """
-    if name not in _ARCHITECTURES:
-        raise unknown_name("architecture", name, list_architectures())
+    factory = _ARCHITECTURES.get(name).factory
     args = json.loads(canonical_kwargs(kwargs))
     try:
-        return _ARCHITECTURES[name].factory(**args)
+        return factory(**args)
     except TypeError as exc:
         raise SchemaError(f"architecture {name!r} cannot be built from {args}: {exc}") from exc
