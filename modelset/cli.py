@@ -108,6 +108,11 @@ def _export_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+from modelset.importers import IMPORT_COMMAND  # noqa: E402  (the import sub-command)
+
+COMMANDS["import"] = IMPORT_COMMAND
+
+
 def main(argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
