@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--skip-nonfinite", action="store_true", help="leave out runs with NaN or Inf parameters"
     )
-    parser.add_argument("--runs-per-shard", type=int, default=512, help="runs per HDF5 shard (default 512)")
+    parser.add_argument("--runs-per-shard", type=int, default=1024, help="runs per HDF5 shard (default 1024)")
     parser.add_argument("--name", default="small-cnn-zoo", help="name of the model set")
 
 

@@ -453,11 +453,22 @@ def find_sources(src: Path) -> list[Path]:
     return found
 
 
-def nonfinite_rows(weights: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """Indices of the rows of ``weights`` holding NaN or Inf (read in chunks of ``chunk`` rows)."""
+def _rows(path: Path, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (sorted) of ``weights.npy``, through a memory map dropped right after, so the
+    pages read do not stay mapped (the whole file would otherwise count as resident)."""
+    mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+    try:
+        return np.asarray(mapped[rows])
+    finally:
+        del mapped
+
+
+def nonfinite_rows(path: Path, n_rows: int, chunk: int = 4096) -> np.ndarray:
+    """Indices of the rows of ``weights.npy`` holding NaN or Inf (read in chunks of ``chunk`` rows)."""
     bad = [
-        start + np.flatnonzero(~np.isfinite(weights[start : start + chunk]).all(axis=1))
-        for start in range(0, weights.shape[0], chunk)
+        start
+        + np.flatnonzero(~np.isfinite(_rows(path, np.arange(start, min(start + chunk, n_rows)))).all(axis=1))
+        for start in range(0, n_rows, chunk)
     ]
     return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
 
@@ -560,7 +571,7 @@ def import_cnn_zoo(
     *,
     overwrite: bool = False,
     skip_nonfinite: bool = False,
-    runs_per_shard: int = 512,
+    runs_per_shard: int = 1024,
     name: str = "small-cnn-zoo",
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -587,7 +598,7 @@ def import_cnn_zoo(
         raise ImportSourceError(f"{src}: two folders hold the same data set ({tasks}); import one of them")
     skipped: dict[str, list[int]] = {}
     for source in sources:
-        bad = nonfinite_rows(source.weights)
+        bad = nonfinite_rows(source.folder / WEIGHTS_FILE, source.weights.shape[0])
         if len(bad) and not skip_nonfinite:
             row = int(bad[0])
             run = source.metrics["modeldir"].iloc[row]
@@ -657,19 +668,16 @@ def import_cnn_zoo(
 
 
 def _write(writer: Any, source: ZooSource, pending: list, record_cls: type) -> None:
-    rows_all = np.concatenate([rows for _, rows, _ in pending])
-    order = np.argsort(rows_all, kind="stable")  # read the memory map in file order
-    block = np.empty((len(rows_all), source.weights.shape[1]), dtype=source.weights.dtype)
-    block[order] = source.weights[rows_all[order]]
-    states = source.layout.state_dicts(block)
-    records, at = [], 0
+    wanted = np.sort(np.concatenate([rows for _, rows, _ in pending]))  # read in file order
+    states = source.layout.state_dicts(_rows(source.folder / WEIGHTS_FILE, wanted))
+    records = []
     steps = source.metrics["step"].to_numpy()
     for mid, rows, row in pending:
+        at = np.searchsorted(wanted, rows)
         checkpoints = {
-            checkpoint_name(int(float(steps[r])), i == len(rows) - 1): states[at + i]
+            checkpoint_name(int(float(steps[r])), i == len(rows) - 1): states[at[i]]
             for i, r in enumerate(rows)
         }
-        at += len(rows)
         records.append(
             record_cls(mid, "cnn3", arch_kwargs(source.layout, row["activation"]), checkpoints, row)
         )
