@@ -316,3 +316,24 @@ def test_layout_reader_accepts_the_zoo_file_as_pandas_reads_it(tmp_path):
     frame = pd.read_csv(tmp_path / "layout.csv")
     assert frame["end_idx"].iloc[-1] == 4970 and frame["varname"].iloc[0].endswith("bias:0")
     assert io.StringIO((tmp_path / "layout.csv").read_text()).readline().startswith(",varname")
+
+
+def test_rebuilt_model_runs_on_its_task_inputs(tmp_path):
+    """A Fashion-MNIST model of the zoo takes its task's images in [-1, 1] (``input_norm``)."""
+    from modelset.errors import DataUnavailableError
+    from modelset.tasks import Task, task_data
+
+    write_zoo(tmp_path / "src", dataset="fashion_mnist", activations=("tanh",))
+    import_cnn_zoo(tmp_path / "src", tmp_path / "out", progress=False)
+    with modelset.open(tmp_path / "out") as ms:
+        row = ms.metadata.iloc[0]
+        task = Task.from_row(row["task"], ms.tasks.loc[row["task"]].to_dict())
+        try:
+            x, y = task_data(task, "test", limit=16, input_norm=row["input_norm"], allow_download=False)
+        except DataUnavailableError as exc:
+            pytest.skip(f"Fashion-MNIST is not on this machine: {exc}")
+        assert x.shape == (16, 1, 28, 28) and float(x.min()) >= -1.0 and float(x.max()) <= 1.0
+        with torch.no_grad():
+            logits = ms.model(row.name)(x)
+        flat = np.load(tmp_path / "src" / "weights.npy")[8]  # the run's epoch-86 row
+        torch.testing.assert_close(logits.double(), keras_forward(flat, x, "tanh"), rtol=1e-4, atol=1e-5)
