@@ -337,3 +337,34 @@ def test_rebuilt_model_runs_on_its_task_inputs(tmp_path):
             logits = ms.model(row.name)(x)
         flat = np.load(tmp_path / "src" / "weights.npy")[8]  # the run's epoch-86 row
         torch.testing.assert_close(logits.double(), keras_forward(flat, x, "tanh"), rtol=1e-4, atol=1e-5)
+
+
+def test_interrupted_import_resumes(tmp_path, monkeypatch):
+    from modelset.writer import ModelSetWriter
+
+    write_zoo(tmp_path / "src")
+    original, calls = ModelSetWriter.write_shard, []
+
+    def dies_on_third(self, records):
+        calls.append(len(records))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed while writing the third shard
+        return original(self, records)
+
+    monkeypatch.setattr(ModelSetWriter, "write_shard", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        import_cnn_zoo(tmp_path / "src", tmp_path / "out", runs_per_shard=1, progress=False)
+    monkeypatch.setattr(ModelSetWriter, "write_shard", original)
+    with modelset.open(tmp_path / "out") as ms:
+        assert len(ms.metadata) == 2 and not ms.header["complete"]
+    import_cnn_zoo(tmp_path / "src", tmp_path / "out", runs_per_shard=1, progress=False)
+    assert modelset.verify(tmp_path / "out")["models"] == 4
+
+
+def test_cli_reports_bad_source(tmp_path, capsys):
+    from modelset.cli import main
+
+    write_zoo(tmp_path / "src")
+    (tmp_path / "src" / "layout.csv").unlink()
+    assert main(["import", "cnn-zoo", str(tmp_path / "src"), str(tmp_path / "out")]) == 2
+    assert "layout.csv: the layout file is missing" in capsys.readouterr().err
