@@ -8,6 +8,8 @@ import json
 from collections.abc import Sequence
 
 from modelset._cli import CommandLine, add_path_option, add_zoo, prog_name
+from modelset.importers import IMPORT_HELP, import_zoo
+from modelset.importers import add_arguments as add_import_arguments
 
 
 def _format_counts(title: str, counts: dict[str, int]) -> list[str]:
@@ -105,6 +107,10 @@ def command_line() -> CommandLine:
     export.add_argument("--format", choices=["hf"], default="hf",
                         help="hf: Parquet files and a card for datasets.load_dataset")
     export.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    imp = cli.commands.add("import", IMPORT_HELP, import_zoo)
+    add_import_arguments(imp)
+    add_zoo(imp, "model set folder to write (resumed if interrupted)", legacy_positional=True)
+
     return cli
 
 

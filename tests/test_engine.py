@@ -495,3 +495,12 @@ def test_trajectory_checkpoints_leave_training_unchanged(data) -> None:
                 assert gap <= CNN3_REL * float(tensor.double().norm()) + CNN3_ABS, (name, key, gap)
     with pytest.raises(ValueError, match="checkpoint_epochs must be distinct epochs from 1 to 2"):
         dataclasses.replace(specs[0], checkpoint_epochs=(3,))
+
+
+def test_cnn3_kernel_refuses_what_it_does_not_compute(data) -> None:
+    """The stacked cnn3 kernel is ReLU with padding 1; an imported tanh or valid-padding cnn3
+    would train silently wrong, so it is refused by name."""
+    for kwargs in ({"activation": "tanh"}, {"padding": 0}):
+        spec = _specs("cnn3", kwargs, n=1)[0]
+        with pytest.raises(ValueError, match="plain strided convolutions"):
+            train_models([spec], data, progress=False)

@@ -26,7 +26,7 @@ from modelset.architectures import build_architecture
 from modelset.registry import Registry
 
 #: cnn3 layer options the stacked kernel implements (``modelset.architectures.cnn``).
-CNN3_PLAIN_LAYERS = {"conv": "conv", "downsample": "stride"}
+CNN3_PLAIN_LAYERS = {"conv": "conv", "downsample": "stride", "activation": "relu", "padding": 1}
 
 
 class StackedKernel:

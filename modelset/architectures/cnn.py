@@ -13,6 +13,11 @@ every convolution stride 1 and, as in the authors' networks, puts a ``ShapeAdapt
 after the ReLU of every convolution but the last (keys ``sa{i}.alpha``), α initialised by the
 authors' heuristic so that the adaptors together resize by ``sa_output_scale``.
 Sparse (STR, GMP) and channel-pruned variants are plain ``cnn3`` models.
+
+``activation`` ("relu", the default, "tanh", "sigmoid" or "selu": the nonlinearities of the Small
+CNN Zoo, in Keras' definitions, which torch's match) follows every convolution; ``padding`` is the
+zero padding of every convolution (1, the default, keeps odd sizes; the Small CNN Zoo's Keras
+"valid" convolutions are ``padding=0``). The defaults build exactly the network of earlier sets.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from modelset.architectures.layers import NSLConv2d, ShapeAdaptor, shape_adaptor
 
 CONV_KINDS = ("conv", "nsl_full", "nsl_diag", "nsl_dynamic_full", "nsl_dynamic_diag", "nsl_dynamic")
 DOWNSAMPLE_KINDS = ("stride", "shape_adaptor")
+ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "selu": torch.selu}
 
 
 class SmallCNN(nn.Module):
@@ -40,6 +46,8 @@ class SmallCNN(nn.Module):
         downsample: str = "stride",
         nsl_hidden: int = 16,
         sa_output_scale: float = 0.5,
+        activation: str = "relu",
+        padding: int = 1,
     ) -> None:
         super().__init__()
         positive_ints("in_channels", in_channels)
@@ -54,6 +62,12 @@ class SmallCNN(nn.Module):
             raise ValueError(f"conv {conv!r} is not one of {CONV_KINDS}")
         if downsample not in DOWNSAMPLE_KINDS:
             raise ValueError(f"downsample {downsample!r} is not one of {DOWNSAMPLE_KINDS}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation {activation!r} is not one of {tuple(ACTIVATIONS)}")
+        if type(padding) is not int or not 0 <= padding <= 1:
+            raise ValueError(f"padding must be 0 or 1, got {padding!r}")
+        self.activation = activation
+        self._act = ACTIVATIONS[activation]
         self.depth = len(channels)
         self.adaptive = downsample == "shape_adaptor"
         widths = [in_channels, *channels]
@@ -62,10 +76,10 @@ class SmallCNN(nn.Module):
         for i, stride in enumerate(strides):
             stride = 1 if self.adaptive else stride
             if conv == "conv":
-                layer: nn.Module = nn.Conv2d(widths[i], widths[i + 1], 3, stride=stride, padding=1)
+                layer: nn.Module = nn.Conv2d(widths[i], widths[i + 1], 3, stride=stride, padding=padding)
             else:
                 form = "dynamic_diag" if conv == "nsl_dynamic" else conv.removeprefix("nsl_")
-                layer = NSLConv2d(widths[i], widths[i + 1], 3, stride, 1, form, nsl_hidden)
+                layer = NSLConv2d(widths[i], widths[i + 1], 3, stride, padding, form, nsl_hidden)
             setattr(self, f"conv{i + 1}", layer)
             if self.adaptive and i < self.depth - 1:
                 setattr(self, f"sa{i}", ShapeAdaptor(alpha))
@@ -82,7 +96,7 @@ class SmallCNN(nn.Module):
         """Penultimate activations ``(B, channels[-1])``: pooled features before the head."""
         adaptors = self.shape_adaptors()
         for i, conv in enumerate(self.convs()):
-            x = torch.relu(conv(x))
+            x = self._act(conv(x))
             if i < len(adaptors):
                 x = adaptors[i](x)
         return x.mean(dim=(2, 3))
@@ -101,12 +115,15 @@ def cnn3(
     downsample: str = "stride",
     nsl_hidden: int = 16,
     sa_output_scale: float = 0.5,
+    activation: str = "relu",
+    padding: int = 1,
 ) -> SmallCNN:
     """Small CNN: three 3×3 convolutions (16 channels), global average pooling, linear head.
 
-    ``conv`` and ``downsample`` select the NSL and shape-adaptor variants (module docstring).
+    ``conv`` and ``downsample`` select the NSL and shape-adaptor variants, ``activation`` and
+    ``padding`` the Small CNN Zoo's forms (module docstring).
     """
     return SmallCNN(
         in_channels, num_classes, tuple(channels), tuple(strides), conv, downsample, nsl_hidden,
-        sa_output_scale,
+        sa_output_scale, activation, padding,
     )
