@@ -34,7 +34,7 @@ CLIS = {
 }
 #: Every command that reads or writes a model set, per command line.
 SET_COMMANDS = {
-    "modelset": {"info", "verify", "pack", "fetch", "export"},
+    "modelset": {"info", "verify", "pack", "fetch", "export", "import"},
     "builders": {"build", "variants tables"},
     "builders.variants": {"tables"},
     "lps": {"train", "calibrate", "index", "search"},
