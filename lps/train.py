@@ -31,12 +31,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+import modelset.weights
 from lps._bank import FeatureBank, bank_from_groups, bank_from_modelset
 from lps.augment import Augmentation, augment
 from lps.features import compute_features
 from lps.model import LPS, LPSNet
 from lps.pairs import PairSampler
-from lps.weights import WeightSpace
+from lps.weights import WeightSpace, load_spaces
 from modelset._io import replace_folder
 from modelset.errors import ModelSetError
 
@@ -138,7 +139,7 @@ def train(
     else:
         aug = augmentation or Augmentation()
         config.update(temperature=temperature, class_weight=class_weight, augmentation=aug.__dict__)
-        spaces = _weight_spaces(ms, ids, checkpoint)
+        spaces = load_spaces(ms, ids, checkpoint)
         _train_contrastive(
             net,
             spaces,
@@ -197,14 +198,6 @@ def _train_pairs(
             schedule.step()
 
 
-def _weight_spaces(ms, ids: Sequence[str], checkpoint: str) -> list[tuple[np.ndarray, WeightSpace]]:
-    """``(positions, weight space)`` per architecture signature among ``ids``."""
-    return [
-        (g.positions, WeightSpace.from_stacked(g.architecture, g.arch_kwargs, ms.stacked(g.ids, checkpoint)))
-        for g in ms.by_signature(ids)
-    ]
-
-
 def _views(
     spaces: list[tuple[np.ndarray, WeightSpace]], batch: np.ndarray, aug: Augmentation, gen: torch.Generator
 ) -> tuple[FeatureBank, np.ndarray]:
@@ -261,11 +254,14 @@ def _train_contrastive(
             schedule.step()
 
 
-def supervised_contrastive(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+def supervised_contrastive(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
     """SupCon loss (Khosla et al. 2020) of unit embeddings ``z`` ``(M, dim)`` with labels ``(M,)``.
 
-    With one label per model (its index) and two views each this is NT-Xent (SimCLR); with task
-    labels it pulls together all models of a task. Anchors without a positive are skipped.
+    The one contrastive loss of the project: LPS's contrastive mode and the learned baselines
+    (``benchmarks.methods._train``) both train with it. With one label per model (its index) and
+    two views each this is NT-Xent (SimCLR); with task labels it pulls together all models of a
+    task. Anchors without a positive are skipped; with none at all the loss is a zero that keeps
+    the graph. Returns a scalar.
     """
     logits = z @ z.T / temperature
     self_mask = torch.eye(len(z), dtype=torch.bool)
@@ -274,6 +270,8 @@ def supervised_contrastive(z: torch.Tensor, labels: torch.Tensor, temperature: f
     positive = (labels[:, None] == labels[None, :]) & ~self_mask
     counts = positive.sum(1)
     has = counts > 0
+    if not has.any():
+        return logits.sum() * 0.0
     mean_log_prob = (log_prob * positive).sum(1)[has] / counts[has]
     return -mean_log_prob.mean()
 
@@ -297,6 +295,8 @@ def _code_digest() -> str:
     digest = hashlib.sha256()
     for name in TRAINING_MODULES:
         digest.update(name.encode() + b"\0" + (Path(__file__).parent / name).read_bytes())
+    # The weight space LPS reads lives in modelset (lps/weights.py re-exports it).
+    digest.update(b"modelset/weights.py\0" + Path(modelset.weights.__file__).read_bytes())
     return digest.hexdigest()
 
 

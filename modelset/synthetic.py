@@ -16,20 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from modelset.architectures import build_architecture
+from modelset.weights import permute_state_dict
 from modelset.writer import ModelRecord, ModelSetWriter
-
-
-def permute_hidden(state: dict[str, torch.Tensor], depth: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Permute the hidden channels of a ``cnn3`` state dict; the network's function is unchanged."""
-    out = {k: v.clone() for k, v in state.items()}
-    for i in range(1, depth + 1):
-        width = out[f"conv{i}.weight"].shape[0]
-        perm = torch.randperm(width, generator=generator)
-        out[f"conv{i}.weight"] = out[f"conv{i}.weight"][perm]
-        out[f"conv{i}.bias"] = out[f"conv{i}.bias"][perm]
-        nxt = f"conv{i + 1}.weight" if i < depth else "head.weight"
-        out[nxt] = out[nxt][:, perm]
-    return out
 
 
 def write_synthetic(
@@ -64,7 +52,7 @@ def write_synthetic(
                     continue
                 task = i % n_tasks
                 noisy = {k: v + noise * torch.randn(v.shape, generator=generator) for k, v in prototypes[task].items()}
-                state = permute_hidden(noisy, 3, generator)
+                state = permute_state_dict("cnn3", kwargs, noisy, generator)
                 ckpts = {c: state for c in checkpoints}
                 row = {
                     "task": f"task{task:03d}",

@@ -20,7 +20,8 @@ from benchmarks.methods import (
 )
 from benchmarks.methods.cka import linear_cka
 from modelset.errors import UnknownNameError
-from modelset.synthetic import permute_hidden, write_synthetic
+from modelset.synthetic import write_synthetic
+from modelset.weights import permute_state_dict
 from modelset.writer import ModelRecord, ModelSetWriter
 
 # Learned methods train for a handful of steps here: the tests check wiring and values, not quality.
@@ -44,7 +45,7 @@ def syn(tmp_path_factory: pytest.TempPathFactory) -> modelset.ModelSet:
 def twins(tmp_path_factory: pytest.TempPathFactory, syn: modelset.ModelSet) -> modelset.ModelSet:
     """A set holding one model and the same model with its hidden units permuted."""
     state = syn.state_dict("syn-000000")
-    permuted = permute_hidden(state, 3, torch.Generator().manual_seed(5))
+    permuted = permute_state_dict("cnn3", {"num_classes": 5}, state, torch.Generator().manual_seed(5))
     row = {"task": "task000", "dataset": "synthetic", "variant": "base", "parent_id": "", "seed": 0}
     path = tmp_path_factory.mktemp("twins") / "set"
     with ModelSetWriter.open(path, name="twins", config={}) as w:

@@ -17,35 +17,50 @@ from torch import nn
 
 from benchmarks.methods._registry import MethodMeta, SimilarityMethod, register_method
 from benchmarks.methods._train import fit_contrastive, task_labels
-from benchmarks.methods._weights import layers, load_states, max_layers
+from benchmarks.methods.weight_stats import max_layers
 from modelset.reader import ModelSet
+from modelset.weights import WeightSpace, load_spaces
 
 QUANTILES = torch.linspace(0, 1, 9)
 ELEMENT_DIM = 2 * len(QUANTILES) + 3  # incoming quantiles, outgoing quantiles, bias, in/out norms
 
 
-def neuron_sets(state: dict[str, torch.Tensor], n_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-neuron features ``(n_layers, width_max, ELEMENT_DIM)`` and a mask ``(n_layers, width_max)``.
+def neuron_sets(space: WeightSpace, n_layers: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per model of the weight space (layers in network order, batch norms not folded), per-neuron
+    features ``(n_layers, width_max, ELEMENT_DIM)`` and a mask ``(n_layers, width_max)``.
 
     A deeper model keeps its first ``n_layers - 1`` layers and its head (in the last slot).
     """
-    found = layers(state)
+    found = list(space.layers)
     if len(found) > n_layers:
         found = found[: n_layers - 1] + found[-1:]
-    slots = list(range(len(found) - 1)) + [n_layers - 1]
+    out = []
+    for b in range(space.batch_size):
+        weights = [layer.weight[b].float().reshape(layer.out_features, -1) for layer in found]  # (out, fan_in)
+        biases = [
+            layer.bias[b].float() if layer.bias is not None else torch.zeros(layer.out_features) for layer in found
+        ]
+        out.append(_model_sets(weights, biases, n_layers))
+    return out
+
+
+def _model_sets(
+    weights: list[torch.Tensor], biases: list[torch.Tensor], n_layers: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One model's neuron sets from its layers' weights ``(out, fan_in)`` and biases ``(out,)``."""
+    slots = list(range(len(weights) - 1)) + [n_layers - 1]
     sets = []
-    for i, layer in enumerate(found):
-        w = layer.weight  # (out, fan_in)
+    for i, w in enumerate(weights):
         incoming = torch.quantile(w, QUANTILES, dim=1).T  # (out, 9), order of inputs does not matter
-        if i + 1 < len(found) and found[i + 1].weight.shape[1] % w.shape[0] == 0:
-            nxt = found[i + 1].weight
+        if i + 1 < len(weights) and weights[i + 1].shape[1] % w.shape[0] == 0:
+            nxt = weights[i + 1]
             # Columns of the next layer that read neuron j (a conv kernel spans several columns).
             outgoing_w = nxt.reshape(nxt.shape[0], w.shape[0], -1).permute(1, 0, 2).reshape(w.shape[0], -1)
         else:
             outgoing_w = torch.zeros(w.shape[0], 1)
         outgoing = torch.quantile(outgoing_w, QUANTILES, dim=1).T
         norms = torch.stack([w.norm(dim=1), outgoing_w.norm(dim=1)], dim=1)
-        sets.append(torch.cat([incoming, outgoing, layer.bias[:, None], norms], dim=1))
+        sets.append(torch.cat([incoming, outgoing, biases[i][:, None], norms], dim=1))
     width = max(s.shape[0] for s in sets)
     feats = torch.zeros(n_layers, width, ELEMENT_DIM)
     mask = torch.zeros(n_layers, width, dtype=torch.bool)
@@ -100,7 +115,11 @@ class DeepSets(SimilarityMethod):
     )
 
     def _sets(self, ms: ModelSet, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        return _pad_batch([neuron_sets(s, self.n_layers) for s in load_states(ms, ids)])
+        items: list[tuple[torch.Tensor, torch.Tensor]] = [None] * len(ids)  # type: ignore[list-item]
+        for positions, space in load_spaces(ms, ids, fold_norms=False):
+            for pos, item in zip(positions, neuron_sets(space, self.n_layers)):
+                items[pos] = item
+        return _pad_batch(items)
 
     def _fit(self, ms: ModelSet, train_ids: list[str], seed: int) -> None:
         self.n_layers = max_layers(ms)

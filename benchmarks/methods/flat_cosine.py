@@ -9,13 +9,21 @@ from __future__ import annotations
 import torch
 
 from benchmarks.methods._registry import MethodMeta, SimilarityMethod, register_method
-from benchmarks.methods._weights import _natural_key, load_states, max_flat_size
 from modelset.reader import ModelSet
+from modelset.weights import WeightSpace, load_spaces, one_per_signature
+
+
+def flat_parameters(space: WeightSpace) -> torch.Tensor:
+    """Every stored value of the ``B`` models, ``(B, n)`` float32: each layer's weight then bias in
+    network order, then the other tensors (batch norms, variants' extras) by name."""
+    parts = [t for layer in space.layers for t in (layer.weight, layer.bias) if t is not None]
+    parts += [space.extras[k] for k in sorted(space.extras)]
+    return torch.cat([t.reshape(space.batch_size, -1).float() for t in parts], dim=1)
 
 
 @register_method
 class FlatCosine(SimilarityMethod):
-    """Embedding: every tensor of the state dict flattened in natural key order and concatenated,
+    """Embedding: every stored tensor flattened (:func:`flat_parameters`) and concatenated,
     zero-padded to the largest model of the set (padding does not change cosines)."""
 
     meta = MethodMeta(
@@ -28,12 +36,12 @@ class FlatCosine(SimilarityMethod):
     )
 
     def _fit(self, ms: ModelSet, train_ids: list[str], seed: int) -> None:
-        self.width = max_flat_size(ms)
+        self.width = max(flat_parameters(space).shape[1] for space in one_per_signature(ms, fold_norms=False))
 
     def _embed(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
         width = self.width
         out = torch.zeros(len(ids), width)
-        for row, state in enumerate(load_states(ms, ids)):
-            flat = torch.cat([state[k].reshape(-1).float() for k in sorted(state, key=_natural_key)])
-            out[row, : min(width, flat.numel())] = flat[:width]
+        for positions, space in load_spaces(ms, ids, fold_norms=False):
+            flat = flat_parameters(space)[:, :width]
+            out[torch.as_tensor(positions), : flat.shape[1]] = flat
         return out

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from benchmarks.methods._registry import MethodMeta, SimilarityMethod, register_method
-from benchmarks.methods._weights import layers, load_states, max_layers
 from modelset.reader import ModelSet
+from modelset.weights import WeightSpace, load_spaces, one_per_signature
 
 QUANTILES = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0])
 STATS_PER_LAYER = 14
@@ -22,20 +22,29 @@ def _stats(values: torch.Tensor) -> torch.Tensor:
     return torch.cat([v.mean()[None], v.var(unbiased=False)[None], torch.quantile(v, QUANTILES.double())]).float()
 
 
-def weight_statistics(state: dict[str, torch.Tensor], n_layers: int) -> torch.Tensor:
-    """Features ``(n_layers * 14,)``: per layer, 7 statistics of its weights then of its bias.
+def max_layers(ms: ModelSet) -> int:
+    """The largest number of layers (convolutions and linear maps) of any model of the set."""
+    return max(len(space.layers) for space in one_per_signature(ms, fold_norms=False))
+
+
+def weight_statistics(space: WeightSpace, n_layers: int) -> torch.Tensor:
+    """Features ``(B, n_layers * 14)`` of a weight space's ``B`` models (its layers in network
+    order, batch norms not folded): per layer, 7 statistics of its weights then of its bias (a
+    missing bias counts as zeros).
 
     Layers beyond the model's depth are zero; a deeper model's extra layers are dropped, except
     that the classifier head always fills the last slot so heads are compared with heads.
     """
-    found = layers(state)
+    found = list(space.layers)
     if len(found) > n_layers:
         found = found[: n_layers - 1] + found[-1:]
-    out = torch.zeros(n_layers, STATS_PER_LAYER)
+    out = torch.zeros(space.batch_size, n_layers, STATS_PER_LAYER)
     slots = list(range(len(found) - 1)) + [n_layers - 1]
     for slot, layer in zip(slots, found):
-        out[slot] = torch.cat([_stats(layer.weight), _stats(layer.bias)])
-    return out.reshape(-1)
+        for b in range(space.batch_size):
+            bias = layer.bias[b] if layer.bias is not None else torch.zeros(layer.out_features)
+            out[b, slot] = torch.cat([_stats(layer.weight[b].float()), _stats(bias.float())])
+    return out.reshape(space.batch_size, -1)
 
 
 @register_method
@@ -53,7 +62,10 @@ class WeightStats(SimilarityMethod):
 
     def features(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
         """Raw statistics ``(len(ids), n_layers * 14)``."""
-        return torch.stack([weight_statistics(s, self.n_layers) for s in load_states(ms, ids)])
+        out = torch.zeros(len(ids), self.n_layers * STATS_PER_LAYER)
+        for positions, space in load_spaces(ms, ids, fold_norms=False):
+            out[torch.as_tensor(positions)] = weight_statistics(space, self.n_layers)
+        return out
 
     def _fit(self, ms: ModelSet, train_ids: list[str], seed: int) -> None:
         self.n_layers = max_layers(ms)
