@@ -49,7 +49,7 @@ def test_registry_lists_and_suggests(index: int) -> None:
 
 
 def test_weight_layouts_fall_back_to_the_generic_layout() -> None:
-    from lps import weights
+    from modelset import weights
 
     assert "cnn3" in weights._LAYOUTS and "resnet_tiny" not in weights._LAYOUTS
     with pytest.raises(ValueError, match="weight layout 'cnn3' is registered twice"):
