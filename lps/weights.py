@@ -18,7 +18,6 @@ of layer ``l + 1`` together, and only chained features may rely on that coupling
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -28,7 +27,7 @@ import torch
 from torch import nn
 
 import modelset.architectures.resnet  # noqa: F401  (registers resnet_tiny, a zoo family)
-from modelset.architectures import build_architecture, canonical_kwargs
+from modelset.architectures import build_architecture, canonical_kwargs, decode_kwargs
 from modelset.errors import InvalidParametersError
 from modelset.shards import check_state_fits, expected_shapes
 
@@ -88,7 +87,7 @@ class WeightSpace:
 
     @property
     def kwargs(self) -> dict[str, Any]:
-        return json.loads(self.arch_kwargs)
+        return decode_kwargs(self.arch_kwargs)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor by a stable name (``layer.weight``, ``layer.bias``, extras' keys)."""
@@ -155,7 +154,7 @@ class WeightSpace:
         per_model = {k: tuple(v.shape[1:]) for k, v in stacked.items()}
         check_state_fits(f"weights per model ({kwargs_json})", per_model, expected, architecture)
         layout = _LAYOUTS.get(architecture, generic_layout)
-        return layout(architecture, json.loads(kwargs_json), dict(stacked))
+        return layout(architecture, decode_kwargs(kwargs_json), dict(stacked))
 
 
 def register_layout(architecture: str) -> Callable[[LayoutFn], LayoutFn]:
