@@ -36,7 +36,7 @@ from builders.variants._card import card_text as variant_card_text
 from builders.variants._pool import RecipePool
 from builders.variants.flops import count_flops
 from modelset.architectures import build_architecture, canonical_kwargs, decode_kwargs
-from modelset.errors import SchemaError
+from modelset.errors import NotAModelSetError, SchemaError
 from modelset.folds import make_folds
 from modelset.runtime import Runtime
 from modelset.shards import write_shard_file
@@ -375,7 +375,11 @@ def _measured_transfer(out: Path) -> tuple[pd.DataFrame, pd.Series] | None:
     """
     import modelset
 
-    with modelset.open(out) as ms:  # the set as far as it was committed
+    try:
+        ms = modelset.open(out)
+    except NotAModelSetError:
+        return None
+    with ms:  # the set as far as it was committed
         if "transfer_affinity" not in ms.relations or "scratch_accuracy" not in ms.tasks.columns:
             return None
         return ms.relations["transfer_affinity"], ms.tasks["scratch_accuracy"]

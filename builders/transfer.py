@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
-from builders.config import TransferConfig
+from builders.config import TransferConfig  # the protocol's knobs: the build config's transfer section
 from builders.engine import TaskTensors, TrainSpec, train_models
 from modelset.architectures import build_architecture, canonical_kwargs, decode_kwargs
 from modelset.runtime import Runtime
