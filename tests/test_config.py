@@ -202,3 +202,8 @@ def test_inline_tasks_are_typed(tmp_path: Path) -> None:
     cfg["tasks"][1]["clases"] = [2, 3]
     with pytest.raises(ConfigError, match=r"tasks\[1\]\.clases: unknown key; did you mean 'classes'\?"):
         load_config(_write(tmp_path, cfg))
+
+
+def test_the_built_sets_header_records_the_yaml_as_written(mini_set) -> None:
+    raw = yaml.safe_load((REPO / "configs" / "mini.yaml").read_text())
+    assert mini_set.header["config"] == raw == load_config(raw).to_dict()
