@@ -35,7 +35,7 @@ from pydantic_core import PydanticCustomError
 
 from builders.engine import AUGMENTS, INITS, OPTIMIZERS, SCHEDULES
 from modelset.errors import ModelSetError, SchemaError
-from modelset.folds import DEFAULT_HOLDOUT_MODEL_FRACTION, DEFAULT_K, FoldConfig
+from modelset.folds import FoldConfig
 from modelset.tasks import INPUT_NORMS, Task
 
 #: The recipe family of models that no other family claims (and of every model of a config
@@ -282,12 +282,13 @@ class VariantConfig(Section):
 
 
 class FoldsConfig(Section):
-    """``folds:``: the task folds of the evaluation protocol (:mod:`modelset.folds`)."""
+    """``folds:``: the task folds of the evaluation protocol (:mod:`modelset.folds`; its
+    :class:`~modelset.folds.FoldConfig`, which the reader also uses, holds the defaults)."""
 
-    k: Annotated[int, Field(ge=2)] = DEFAULT_K
-    seed: int = 0
+    k: Annotated[int, Field(ge=2)] = FoldConfig.k
+    seed: int = FoldConfig.seed
     holdout_model_fraction: Annotated[Real, AfterValidator(_within(0, 1, open_lo=True, open_hi=True))] = (
-        DEFAULT_HOLDOUT_MODEL_FRACTION
+        FoldConfig.holdout_model_fraction
     )
     heldout_recipe_families: list[str] = Field(default_factory=list)
 
