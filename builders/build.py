@@ -7,12 +7,8 @@ work and of commit: it is trained by one engine call and written atomically by t
 killed build, run again with the same command, skips committed shards and retrains the others
 exactly as before, so the finished set is identical to an uninterrupted build.
 
-Config sections (see ``configs/modelset500.yaml`` for a documented example): ``name``, ``seed``,
-``threads``, ``device``, ``data`` (``root``, ``train_limit``, ``test_limit``), ``tasks`` (a task
-set name or a list), ``families`` (architecture, arch_kwargs, models_per_task),
-``hyperparameters`` (the ranges, and optional named ``recipes`` families that override them for
-some models of every task; see :func:`recipe_families`), ``shard_size``, ``transfer`` (see :mod:`builders.transfer`)
-and ``variants`` (recipes of ``builders.variants`` applied to chosen base models).
+The config is a :class:`builders.config.BuildConfig` (its sections, their keys and defaults are
+documented there and in ``configs/modelset500.yaml``), checked completely before any training.
 """
 
 from __future__ import annotations
@@ -29,217 +25,44 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from tqdm.auto import tqdm
 
-from builders.engine import (
-    AUGMENTS,
-    INITS,
-    OPTIMIZERS,
-    SCHEDULES,
-    TaskTensors,
-    TrainResult,
-    TrainSpec,
-    train_images,
-    train_models,
-)
+from builders.config import DEFAULT_FAMILY, BuildConfig, DataConfig, RecipeFamily, load_config
+from builders.engine import TaskTensors, TrainResult, TrainSpec, train_images, train_models
 from builders.executors import get_executor
-from builders.tasks import static_relations, tasks_frame, tasks_from_config
-from builders.transfer import TransferConfig, protocol_text, transfer_affinity
+from builders.tasks import static_relations, tasks_frame
+from builders.transfer import protocol_text, transfer_affinity
 from builders.variants._card import card_text as variant_card_text
 from builders.variants._pool import RecipePool
 from builders.variants.flops import count_flops
-from modelset.architectures import build_architecture, canonical_kwargs
-from modelset.errors import SchemaError
-from modelset.folds import FoldConfig, make_folds
-from modelset.format import RELATIONS_DIR, TASKS_FILE
+from modelset.architectures import build_architecture, canonical_kwargs, decode_kwargs
+from modelset.errors import NotAModelSetError, SchemaError
+from modelset.folds import make_folds
 from modelset.runtime import Runtime
 from modelset.shards import write_shard_file
-from modelset.tasks import INPUT_NORMS, Task, task_data
+from modelset.tasks import Task, task_data
 from modelset.writer import ModelRecord, ModelSetWriter
 
 log = logging.getLogger(__name__)
 
+__all__ = ["DEFAULT_FAMILY", "RELIABILITY_FIELD", "build", "load_config", "plan_models", "plan_shards",
+           "recipe_families"]  # fmt: skip
+
 #: Header field of measured relation reliabilities: ``{relation: reliability(...) dict}``.
 RELIABILITY_FIELD = "relation_reliability"
 
-DEFAULT_HPARAMS: dict[str, Any] = {
-    "optimizer": ["sgd", "adam"],
-    "lr": {"sgd": [0.03, 0.2], "adam": [0.002, 0.02]},  # log-uniform per optimizer
-    "weight_decay": [1.0e-5, 1.0e-3],  # log-uniform
-    "batch_size": [32, 64, 128],
-    "epochs": [4, 10],  # uniform integer, inclusive
-    # The recipe knobs below default to the original recipe (choices, or a value / [lo, hi] range).
-    "schedule": ["cosine"],
-    "init": ["default"],
-    "augment": ["none"],
-    "label_smoothing": 0.0,  # a value, or [lo, hi] uniform
-    "input_norm": ["standard"],
-    "train_fraction": 1.0,  # a value, or [lo, hi] uniform: share of the task's training images
-}
-#: Keys of ``hyperparameters`` that take a list of choices, and the values allowed.
-_CHOICES: dict[str, tuple[Any, ...]] = {
-    "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "init": INITS, "augment": AUGMENTS,
-    "input_norm": INPUT_NORMS, "batch_size": (),
-}  # fmt: skip
-#: Keys that take ``[lo, hi]`` (or, for the last two, also a single value).
-_RANGES = ("weight_decay", "epochs", "label_smoothing", "train_fraction")
-#: The recipe family of models that no other family claims (and of every model of a config
-#: without ``recipes``).
-DEFAULT_FAMILY = "zoo"
-_TOP_KEYS = {
-    "name", "seed", "threads", "device", "data", "tasks", "families", "hyperparameters",
-    "shard_size", "transfer", "variants", "description", "folds",
-}  # fmt: skip
 
-
-def load_config(config: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
-    """A config as a validated dict (from a YAML file path or a mapping)."""
-    if isinstance(config, Mapping):
-        cfg = dict(config)
-        where = "config"
-    else:
-        where = str(config)
-        try:
-            cfg = yaml.safe_load(Path(config).read_text())
-        except FileNotFoundError as exc:
-            raise SchemaError(f"config {where} does not exist") from exc
-        except yaml.YAMLError as exc:
-            raise SchemaError(f"config {where} is not valid YAML: {exc}") from exc
-    if not isinstance(cfg, dict):
-        raise SchemaError(f"config {where}: expected a mapping at the top level")
-    unknown = set(cfg) - _TOP_KEYS
-    if unknown:
-        raise SchemaError(f"config {where}: unknown keys {sorted(unknown)}; known {sorted(_TOP_KEYS)}")
-    for key in ("name", "tasks", "families"):
-        if key not in cfg:
-            raise SchemaError(f"config {where}: missing required key {key!r}")
-    FoldConfig.from_dict(cfg.get("folds"), where=f"config {where}: folds")  # fail before any training
-    for i, fam in enumerate(cfg["families"]):
-        if "architecture" not in fam or "models_per_task" not in fam:
-            raise SchemaError(f"config {where}: families[{i}] needs architecture and models_per_task")
-    _check_hparams(cfg, where)
-    return cfg
-
-
-def _hparams(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The top-level ranges (defaults filled in), without ``recipes``."""
-    hp = dict(DEFAULT_HPARAMS)
-    hp.update({k: v for k, v in (cfg.get("hyperparameters") or {}).items() if k != "recipes"})
-    return hp
-
-
-def recipe_families(cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each recipe family's ranges: the top-level ranges with the family's overrides (``lr``
-    merges by optimizer); the default family first, then the others sorted by name.
-
-    Without ``hyperparameters.recipes`` there is one family, :data:`DEFAULT_FAMILY`. Each entry
-    keeps its ``models_per_task`` (``None`` for the default family, which takes the models that
-    the others leave).
-    """
-    base = _hparams(cfg)
-    declared = dict((cfg.get("hyperparameters") or {}).get("recipes") or {DEFAULT_FAMILY: {}})
-    out: dict[str, dict[str, Any]] = {}
-    for name in sorted(declared, key=lambda n: ("models_per_task" in (declared[n] or {}), str(n))):
-        overrides = dict(declared[name] or {})
-        hp = dict(base, models_per_task=overrides.pop("models_per_task", None))
-        if "lr" in overrides:
-            hp["lr"] = {**base["lr"], **overrides.pop("lr")}
-        hp.update(overrides)
-        out[str(name)] = hp
-    return out
-
-
-def _family_counts(fam_spec: Mapping[str, Any], family: Mapping[str, Any]) -> int:
-    """Models per task a recipe family claims of one architecture family."""
-    per = family.get("models_per_task")
-    if isinstance(per, Mapping):
-        return int(per.get(str(fam_spec["architecture"]), 0))
-    return int(per or 0)
-
-
-def _check_hparams(cfg: Mapping[str, Any], where: str) -> None:
-    """Validate ``hyperparameters`` (ranges, choices and recipe families) with errors that name
-    the key and what it allows."""
-    hp_cfg = cfg.get("hyperparameters") or {}
-    if not isinstance(hp_cfg, Mapping):
-        raise SchemaError(f"config {where}: hyperparameters must be a mapping")
-    known = set(DEFAULT_HPARAMS)
-    unknown = set(hp_cfg) - known - {"recipes"}
-    if unknown:
-        raise SchemaError(
-            f"config {where}: unknown hyperparameters {sorted(unknown)}; known {sorted(known | {'recipes'})}"
-        )
-    recipes = hp_cfg.get("recipes")
-    if recipes is not None and (not isinstance(recipes, Mapping) or not recipes):
-        raise SchemaError(f"config {where}: hyperparameters.recipes must map family names to their ranges")
-    for name, over in (recipes or {}).items():
-        if over is not None and not isinstance(over, Mapping):
-            raise SchemaError(f"config {where}: recipe family {name!r} must be a mapping of ranges")
-        bad = set(over or {}) - known - {"models_per_task"}
-        if bad:
-            raise SchemaError(
-                f"config {where}: recipe family {name!r}: unknown keys {sorted(bad)}; known "
-                f"{sorted(known | {'models_per_task'})}"
-            )
-    families = recipe_families(cfg)
-    defaults = [n for n, f in families.items() if f["models_per_task"] is None]
-    if len(defaults) != 1:
-        raise SchemaError(
-            f"config {where}: exactly one recipe family must leave out models_per_task (it takes the "
-            f"models the others leave); got {defaults or 'none'}"
-        )
-    for name, hp in families.items():
-        at = f"config {where}: recipe family {name!r}" if recipes else f"config {where}: hyperparameters"
-        for key, allowed in _CHOICES.items():
-            values = hp[key]
-            if not isinstance(values, list) or not values:
-                raise SchemaError(f"{at}: {key} must be a non-empty list of choices, got {values!r}")
-            if allowed and set(values) - set(allowed):
-                raise SchemaError(f"{at}: {key} {sorted(set(values) - set(allowed))} not in {list(allowed)}")
-        for opt in hp["optimizer"]:
-            rng = hp["lr"].get(opt) if isinstance(hp["lr"], Mapping) else None
-            if not (isinstance(rng, list) and len(rng) == 2 and 0 < rng[0] <= rng[1]):
-                raise SchemaError(f"{at}: lr needs a [lo, hi] range for optimizer {opt!r}, got {rng!r}")
-        for key in _RANGES:
-            lo, hi = _bounds(hp[key], f"{at}: {key}", single=key in ("label_smoothing", "train_fraction"))
-            ok = {"weight_decay": 0 <= lo, "epochs": 1 <= lo, "label_smoothing": 0 <= lo and hi < 1,
-                  "train_fraction": 0 < lo and hi <= 1}[key]  # fmt: skip
-            if not ok:
-                raise SchemaError(f"{at}: {key} [{lo}, {hi}] is out of bounds")
-        per = hp["models_per_task"]
-        if per is not None:
-            values = per.values() if isinstance(per, Mapping) else [per]
-            if not all(isinstance(v, int) and v >= 0 for v in values):
-                raise SchemaError(
-                    f"{at}: models_per_task must be a count or {{architecture: count}}, got {per!r}"
-                )
-    for i, fam in enumerate(cfg["families"]):
-        claimed = sum(_family_counts(fam, f) for f in families.values())
-        if claimed > int(fam["models_per_task"]):
-            raise SchemaError(
-                f"config {where}: recipe families claim {claimed} {fam['architecture']} models per "
-                f"task but families[{i}] has only {fam['models_per_task']}"
-            )
-
-
-def _bounds(value: Any, what: str, single: bool) -> tuple[float, float]:
-    """``(lo, hi)`` of a ``[lo, hi]`` range (or of a single value where ``single``)."""
-    if single and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value), float(value)
-    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
-        if value[0] <= value[1]:
-            return float(value[0]), float(value[1])
-    raise SchemaError(
-        f"{what} must be {'a value or ' if single else ''}[lo, hi] with lo <= hi, got {value!r}"
-    )
+def recipe_families(cfg: BuildConfig) -> dict[str, RecipeFamily]:
+    """Each recipe family's ranges, the default family first (see
+    :meth:`builders.config.BuildConfig.recipe_families`)."""
+    return cfg.recipe_families()
 
 
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
 
-def plan_models(cfg: Mapping[str, Any], tasks: Sequence[Task]) -> list[TrainSpec]:
+def plan_models(cfg: BuildConfig, tasks: Sequence[Task]) -> list[TrainSpec]:
     """Every base model of the config, with hyper-parameters drawn from the documented ranges.
 
     Each model's draws come from its own stream ``SeedSequence([seed, task, family, index])``, so
@@ -248,25 +71,23 @@ def plan_models(cfg: Mapping[str, Any], tasks: Sequence[Task]) -> list[TrainSpec
     others to the default family; the recipe knobs are drawn after the original hyper-parameters,
     so a config without them plans exactly the models it always did.
     """
-    families = recipe_families(cfg)
-    seed = int(cfg.get("seed", 0))
+    families = cfg.recipe_families()
     specs = []
     for ti, task in enumerate(tasks):
-        for fi, fam in enumerate(cfg["families"]):
-            arch = str(fam["architecture"])
-            kwargs = dict(fam.get("arch_kwargs") or {})
-            kwargs["num_classes"] = task.num_classes
-            n = int(fam["models_per_task"])
+        for fi, fam in enumerate(cfg.families):
+            arch = fam.architecture
+            kwargs = dict(fam.arch_kwargs, num_classes=task.num_classes)
+            n = fam.models_per_task
             owners: list[str] = []
             for name, hp in families.items():
-                if hp["models_per_task"] is not None:
-                    owners += [name] * _family_counts(fam, hp)
+                if hp.models_per_task is not None:
+                    owners += [name] * hp.claims(fam)
             owners = [next(iter(families))] * (n - len(owners)) + owners
             for i in range(n):
                 hp = families[owners[i]]
-                rng = np.random.default_rng([seed, ti, fi, i])
-                opt = str(rng.choice(hp["optimizer"]))
-                lo, hi = hp["lr"][opt]
+                rng = np.random.default_rng([cfg.seed, ti, fi, i])
+                opt = str(rng.choice(hp.optimizer))
+                lo, hi = hp.lr[opt]
                 specs.append(
                     TrainSpec(
                         model_id=f"{task.task_id}-{arch}-base-{i:04d}",
@@ -275,16 +96,16 @@ def plan_models(cfg: Mapping[str, Any], tasks: Sequence[Task]) -> list[TrainSpec
                         arch_kwargs=kwargs,
                         seed=int(rng.integers(0, 2**31 - 1)),
                         lr=round(_log_uniform(rng, lo, hi), 6),
-                        weight_decay=round(_log_uniform(rng, *hp["weight_decay"]), 8),
-                        batch_size=int(rng.choice(hp["batch_size"])),
+                        weight_decay=round(_log_uniform(rng, *hp.weight_decay), 8),
+                        batch_size=int(rng.choice(hp.batch_size)),
                         optimizer=opt,
-                        epochs=int(rng.integers(hp["epochs"][0], hp["epochs"][1] + 1)),
-                        schedule=str(rng.choice(hp["schedule"])),
-                        init=str(rng.choice(hp["init"])),
-                        augment=str(rng.choice(hp["augment"])),
-                        label_smoothing=round(_uniform(rng, hp["label_smoothing"]), 4),
-                        input_norm=str(rng.choice(hp["input_norm"])),
-                        train_fraction=round(_uniform(rng, hp["train_fraction"]), 3),
+                        epochs=int(rng.integers(hp.epochs[0], hp.epochs[1] + 1)),
+                        schedule=str(rng.choice(hp.schedule)),
+                        init=str(rng.choice(hp.init)),
+                        augment=str(rng.choice(hp.augment)),
+                        label_smoothing=round(_uniform(rng, hp.label_smoothing), 4),
+                        input_norm=str(rng.choice(hp.input_norm)),
+                        train_fraction=round(_uniform(rng, hp.train_fraction), 3),
                         recipe_family=owners[i],
                     )
                 )
@@ -314,17 +135,15 @@ def plan_shards(specs: Sequence[TrainSpec], shard_size: int) -> list[list[TrainS
 
 
 def load_task_tensors(
-    tasks: Sequence[Task], cfg: Mapping[str, Any], train_limit: int | None = None
+    tasks: Sequence[Task], data: DataConfig, train_limit: int | None = None
 ) -> dict[str, TaskTensors]:
-    """Each task's training slice and test set, domain applied, as in-memory tensors."""
-    data_cfg = dict(cfg.get("data") or {})
-    root = data_cfg.get("root")
-    limit = train_limit if train_limit is not None else data_cfg.get("train_limit")
-    test_limit = data_cfg.get("test_limit")
+    """Each task's training slice (``train_limit`` images, default the config's) and test set,
+    domain applied, as in-memory tensors."""
+    limit = train_limit if train_limit is not None else data.train_limit
     out = {}
     for t in tasks:
-        x, y = task_data(t, "train", root, limit=limit)
-        xt, yt = task_data(t, "test", root, limit=test_limit)
+        x, y = task_data(t, "train", data.root, limit=limit)
+        xt, yt = task_data(t, "test", data.root, limit=data.test_limit)
         out[t.task_id] = TaskTensors(x, y, xt, yt, t.num_classes, t.dataset)
     return out
 
@@ -377,10 +196,10 @@ def _record(res: TrainResult, task: Task, data: TaskTensors) -> ModelRecord:
     )
 
 
-def _runtime(cfg: Mapping[str, Any]) -> Runtime:
+def _runtime(cfg: BuildConfig) -> Runtime:
     """The build's runtime: a fixed thread count (and so a fixed number of engine stacks) and
     deterministic kernels make CPU builds bit-reproducible."""
-    return Runtime(device=str(cfg.get("device", "cpu")), threads=int(cfg.get("threads", 1)))
+    return Runtime(device=cfg.device, threads=cfg.threads)
 
 
 def _setup_torch(runtime: Runtime) -> None:
@@ -412,14 +231,15 @@ def train_shard(shard: Sequence[TrainSpec], shared: Mapping[str, Any], path: Pat
 
 
 def build(
-    config: str | os.PathLike | Mapping[str, Any],
+    config: str | os.PathLike | Mapping[str, Any] | BuildConfig,
     out: str | os.PathLike,
     overwrite: bool = False,
     progress: bool = True,
     executor: str = "local",
     address: str | None = None,
 ) -> Path:
-    """Build (or resume building) the model set of ``config`` into ``out``; returns ``out``.
+    """Build (or resume building) the model set of ``config`` (a YAML path, a mapping or a
+    ``BuildConfig``; checked completely before anything is trained) into ``out``; returns ``out``.
 
     ``executor`` says where shards are trained: ``"local"`` (this process) or ``"ray"`` (a Ray
     cluster at ``address``, or ``RAY_ADDRESS``, or a local instance). Either way this process
@@ -431,13 +251,13 @@ def build(
     out = Path(out)
     runtime = _runtime(cfg)
     _setup_torch(runtime)
-    tasks = tasks_from_config(cfg["tasks"])
+    tasks = cfg.task_list()
     by_id = {t.task_id: t for t in tasks}
     specs = plan_models(cfg, tasks)
-    shards = plan_shards(specs, int(cfg.get("shard_size", 50)))
+    shards = plan_shards(specs, cfg.shard_size)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    with ModelSetWriter.open(out, name=str(cfg["name"]), config=cfg, overwrite=overwrite) as w:
+    with ModelSetWriter.open(out, name=cfg.name, config=cfg.to_dict(), overwrite=overwrite) as w:
         done = w.model_ids
         todo = [sh for sh in shards if any(s.model_id not in done for s in sh)]
         if not todo and w.header.get("complete"):
@@ -449,7 +269,7 @@ def build(
         for name, df in static_relations(tasks).items():
             w.set_relation(name, df)
         log.info("%d models in %d shards; %d shards to train", len(specs), len(shards), len(todo))
-        data = load_task_tensors(tasks, cfg)
+        data = load_task_tensors(tasks, cfg.data)
         bar = tqdm(total=len(specs), initial=len(specs) - sum(len(sh) for sh in todo),
                    desc="base models", unit="model", disable=not progress)  # fmt: skip
         shared = {"data": data, "tasks": by_id, "runtime": runtime,
@@ -469,8 +289,7 @@ def build(
 
         tasks_df = tasks_frame(tasks)
         card: dict[str, str] = {"How it was made": _build_text(cfg, tasks, specs)}
-        tcfg = cfg.get("transfer") or {}
-        if tcfg.get("enabled", False):
+        if cfg.transfer.enabled:
             t0 = time.perf_counter()
             if measured is not None:
                 aff, scratch = measured
@@ -482,19 +301,18 @@ def build(
             if rel is not None:  # before the task table: a resumed build finds it with the matrix
                 w.set_header_field(RELIABILITY_FIELD, {"transfer_affinity": rel})
             tasks_df["scratch_accuracy"] = scratch.reindex(tasks_df.index)
-            card["Relation: transfer_affinity"] = protocol_text(*_transfer_config(cfg), rel)
+            card["Relation: transfer_affinity"] = protocol_text(cfg.transfer, cfg.transfer.sources_per_task, rel)
             timings["transfer_s"] = time.perf_counter() - t0
         w.set_tasks(tasks_df)
-        reference = (cfg.get("data") or {}).get("converged_reference")
-        if reference:
-            card["Converged reference"] = _reference_text(reference, w.table)
+        if cfg.data.converged_reference:
+            card["Converged reference"] = _reference_text(cfg.data.converged_reference, w.table)
 
-        if cfg.get("variants"):
+        if cfg.variants:
             t0 = time.perf_counter()
             _variants(w, out, cfg, tasks, runtime, progress)
-            card["Variant families"] = variant_card_text(cfg["variants"])
+            card["Variant families"] = variant_card_text([v.model_dump(exclude_unset=True) for v in cfg.variants])
             timings["variants_s"] = time.perf_counter() - t0
-        fold_cfg = FoldConfig.from_dict(cfg.get("folds"))
+        fold_cfg = cfg.folds.fold_config()
         w.set_folds(make_folds(w.table, fold_cfg), fold_cfg)
         w.finish(card=card)
     timings["total_s"] = time.perf_counter() - t_start
@@ -502,10 +320,9 @@ def build(
     return out
 
 
-def _build_text(cfg: Mapping[str, Any], tasks: Sequence[Task], specs: Sequence[TrainSpec]) -> str:
-    data_cfg = cfg.get("data") or {}
-    fams = ", ".join(f"{f['architecture']} × {f['models_per_task']}" for f in cfg["families"])
-    families = recipe_families(cfg)
+def _build_text(cfg: BuildConfig, tasks: Sequence[Task], specs: Sequence[TrainSpec]) -> str:
+    fams = ", ".join(f"{f.architecture} × {f.models_per_task}" for f in cfg.families)
+    families = cfg.recipe_families()
     counts = {name: sum(s.recipe_family == name for s in specs) for name in families}
     recipes = " ".join(
         f"Recipe family `{name}` ({counts[name]} models): {_recipe_text(hp)}." for name, hp in families.items()
@@ -514,8 +331,8 @@ def _build_text(cfg: Mapping[str, Any], tasks: Sequence[Task], specs: Sequence[T
         f"{len(specs)} base models over {len(tasks)} tasks ({fams} per task), trained by the "
         "multi-model engine of `builders/engine.py` (stacked parameters, one forward/backward for "
         "all models of a shard; numerically the same as one-model-at-a-time training). "
-        f"Each task uses the first {data_cfg.get('train_limit', 'all')} training images of its "
-        f"classes and the first {data_cfg.get('test_limit', 'all')} test images. Per model, drawn "
+        f"Each task uses the first {_limit(cfg.data.train_limit)} training images of its "
+        f"classes and the first {_limit(cfg.data.test_limit)} test images. Per model, drawn "
         f"from its own seeded stream and recorded in the model table. {recipes} SGD has momentum "
         "0.9; Adam and SGD use L2 weight decay, AdamW decoupled decay. Schedules: `cosine` decays "
         "to 0, `warmup_cosine` after a linear warm-up over the first 10% of steps, `step` divides "
@@ -531,25 +348,23 @@ def _build_text(cfg: Mapping[str, Any], tasks: Sequence[Task], specs: Sequence[T
     )
 
 
-def _recipe_text(hp: Mapping[str, Any]) -> str:
+def _limit(n: int | None) -> str:
+    return "all" if n is None else str(n)
+
+
+def _recipe_text(hp: RecipeFamily) -> str:
     """One recipe family's ranges in words."""
     def span(v: Any) -> str:
         return f"uniform in {v}" if isinstance(v, list) else f"{v}"
 
     return (
-        f"optimizer from {hp['optimizer']}, learning rate log-uniform in "
-        f"{ {o: hp['lr'][o] for o in hp['optimizer']} } by optimizer, weight decay log-uniform "
-        f"in {hp['weight_decay']}, batch size from {hp['batch_size']}, epochs uniform in "
-        f"{hp['epochs']}, schedule from {hp['schedule']}, init from {hp['init']}, augment from "
-        f"{hp['augment']}, label smoothing {span(hp['label_smoothing'])}, input_norm from "
-        f"{hp['input_norm']}, train_fraction {span(hp['train_fraction'])}"
+        f"optimizer from {hp.optimizer}, learning rate log-uniform in "
+        f"{ {o: hp.lr[o] for o in hp.optimizer} } by optimizer, weight decay log-uniform "
+        f"in {hp.weight_decay}, batch size from {hp.batch_size}, epochs uniform in "
+        f"{hp.epochs}, schedule from {hp.schedule}, init from {hp.init}, augment from "
+        f"{hp.augment}, label smoothing {span(hp.label_smoothing)}, input_norm from "
+        f"{hp.input_norm}, train_fraction {span(hp.train_fraction)}"
     )
-
-
-def _transfer_config(cfg: Mapping[str, Any]) -> tuple[TransferConfig, int]:
-    tcfg = dict(cfg.get("transfer") or {})
-    n_sources = int(tcfg.pop("sources_per_task", 1))
-    return TransferConfig.from_dict(tcfg), n_sources
 
 
 def _measured_transfer(out: Path) -> tuple[pd.DataFrame, pd.Series] | None:
@@ -558,23 +373,22 @@ def _measured_transfer(out: Path) -> tuple[pd.DataFrame, pd.Series] | None:
 
     All are deterministic for a config, so measuring them again would give the same numbers.
     """
-    relation = out / RELATIONS_DIR / "transfer_affinity.csv"
-    tasks = out / TASKS_FILE
-    if not (relation.exists() and tasks.exists()):
+    import modelset
+
+    try:
+        ms = modelset.open(out)
+    except NotAModelSetError:
         return None
-    frame = pd.read_parquet(tasks)
-    if "scratch_accuracy" not in frame.columns:
-        return None
-    aff = pd.read_csv(relation, index_col=0)
-    aff.index = aff.index.astype(str)
-    aff.columns = aff.columns.astype(str)
-    return aff, frame["scratch_accuracy"]
+    with ms:  # the set as far as it was committed
+        if "transfer_affinity" not in ms.relations or "scratch_accuracy" not in ms.tasks.columns:
+            return None
+        return ms.relations["transfer_affinity"], ms.tasks["scratch_accuracy"]
 
 
 def _transfer(
     w: ModelSetWriter,
     out: Path,
-    cfg: Mapping[str, Any],
+    cfg: BuildConfig,
     tasks: Sequence[Task],
     runtime: Runtime,
     progress: bool,
@@ -584,17 +398,17 @@ def _transfer(
     the reliability of the matrix (``None`` with one source per task)."""
     import modelset
 
-    tc, n_sources = _transfer_config(cfg)
+    tc = cfg.transfer
     table = w.table.set_index("model_id")
     ms = modelset.open(out)
     sources: dict[str, list] = {}
     for t in tasks:
         rows = table[(table["task"] == t.task_id) & (table["variant"] == "base")
                      & (table["architecture"] == "cnn3")].sort_index()  # fmt: skip
-        for mid in list(rows.index)[:n_sources]:
-            kwargs = _kwargs(rows.loc[mid, "arch_kwargs"])
+        for mid in list(rows.index)[:tc.sources_per_task]:
+            kwargs = decode_kwargs(rows.loc[mid, "arch_kwargs"])
             sources.setdefault(t.task_id, []).append((mid, "cnn3", kwargs, ms.state_dict(mid)))
-    budget = load_task_tensors(tasks, cfg, train_limit=tc.budget)
+    budget = load_task_tensors(tasks, cfg.data, train_limit=tc.budget)
     bar = tqdm(total=1, desc="transfer affinity", unit="chunk", disable=not progress)
 
     def on_chunk(done: int, total: int) -> None:
@@ -602,7 +416,7 @@ def _transfer(
         bar.update(done - bar.n)
 
     result = transfer_affinity(
-        tasks, budget, sources, tc, seed=int(cfg.get("seed", 0)), runtime=runtime,
+        tasks, budget, sources, tc, seed=cfg.seed, runtime=runtime,
         progress=progress, on_chunk=on_chunk,
     )  # fmt: skip
     bar.close()
@@ -656,16 +470,10 @@ def _reference_text(path: str, table: pd.DataFrame) -> str:
     )
 
 
-def _kwargs(value: Any) -> dict[str, Any]:
-    import json
-
-    return json.loads(value) if isinstance(value, str) else dict(value)
-
-
 def _variants(
     w: ModelSetWriter,
     out: Path,
-    cfg: Mapping[str, Any],
+    cfg: BuildConfig,
     tasks: Sequence[Task],
     runtime: Runtime,
     progress: bool,
@@ -674,18 +482,16 @@ def _variants(
     variants of all parents that share an architecture signature are one block (a bulk read of
     them is one read per tensor, not one per parent).
 
-    Entry fields: ``recipe`` (a name of ``builders.variants``), ``parents`` (``per_task``: how many
-    base models per task, first by id; ``tasks``: how many tasks, spread evenly over the task list
-    (every k-th), default all; ``architecture``: default cnn3), ``seed``, ``params``
-    (passed to the recipe), ``key`` (default: the recipe name; written to the ``recipe`` column,
-    and how a resumed build knows a (parent, entry) is done).
+    Entries are :class:`builders.config.VariantConfig`; an entry's ``name`` (its ``key``, default
+    the recipe name) is written to the ``recipe`` column, and is how a resumed build knows a
+    (parent, entry) is done.
     """
     import modelset
     from builders import variants as variant_registry
 
     ms = modelset.open(out)
     vdata: dict[str, Any] = {}
-    tensors = load_task_tensors(tasks, cfg)
+    tensors = load_task_tensors(tasks, cfg.data)
     for t in tasks:
         d = tensors[t.task_id]
         vdata[t.task_id] = d
@@ -694,15 +500,13 @@ def _variants(
     plans: list[tuple[str, list[tuple[str, Any, Any]]]] = []
     table = w.table.set_index("model_id")  # nothing is written before every call is queued
     with RecipePool(runtime.n_threads) as pool:
-        for ei, entry in enumerate(cfg["variants"]):
-            recipe = variant_registry.get_recipe(str(entry["recipe"]))
-            key = str(entry.get("key", entry["recipe"]))
-            par = dict(entry.get("parents") or {})
-            per_task = int(par.get("per_task", 1))
-            arch = str(par.get("architecture", "cnn3"))
-            base = table[(table["variant"] == "base") & (table["architecture"] == arch)].sort_index()
-            chosen = variant_registry.spread_tasks([t.task_id for t in tasks], par.get("tasks"))
-            parents = [mid for t in chosen for mid in list(base[base["task"] == t].index)[:per_task]]
+        for ei, entry in enumerate(cfg.variants):
+            recipe = variant_registry.get_recipe(entry.recipe)
+            key = entry.name
+            par = entry.parents
+            base = table[(table["variant"] == "base") & (table["architecture"] == par.architecture)].sort_index()
+            chosen = variant_registry.spread_tasks([t.task_id for t in tasks], par.tasks)
+            parents = [mid for t in chosen for mid in list(base[base["task"] == t].index)[:par.per_task]]
             finished = set()
             if "recipe" in table.columns:
                 finished = set(table.loc[table["recipe"] == key, "parent_id"])
@@ -714,13 +518,13 @@ def _variants(
                 parent = variant_registry.Parent(
                     model_id=pid,
                     architecture=str(row["architecture"]),
-                    arch_kwargs=_kwargs(row["arch_kwargs"]),
+                    arch_kwargs=decode_kwargs(row["arch_kwargs"]),
                     state_dict=ms.state_dict(pid),
                     row=row.to_dict(),
                 )
-                seed = int(entry.get("seed", 0)) * 1_000_003 + ei * 10_007 + pi
+                seed = entry.seed * 1_000_003 + ei * 10_007 + pi
                 data = vdata[str(row["task"])]
-                calls.append((pid, data, pool.submit(recipe, parent, data, seed, dict(entry.get("params") or {}))))
+                calls.append((pid, data, pool.submit(recipe, parent, data, seed, dict(entry.params))))
             plans.append((key, calls))
         bar = tqdm(total=sum(len(c) for _, c in plans), desc="variants", unit="parent", disable=not progress)
         for key, calls in plans:

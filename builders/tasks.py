@@ -17,14 +17,17 @@ fields of :class:`modelset.tasks.Task`).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from modelset.errors import SchemaError
 from modelset.registry import Registry
 from modelset.tasks import Task
+
+if TYPE_CHECKING:
+    from builders.config import TaskConfig
 
 TaskSetFn = Callable[[], list[Task]]
 _TASK_SETS: Registry[TaskSetFn] = Registry("task set")
@@ -54,24 +57,17 @@ def get_task_set(name: str) -> list[Task]:
     return tasks
 
 
-def tasks_from_config(spec: str | Sequence[dict[str, Any]]) -> list[Task]:
-    """Tasks from a config value: a registered set's name, or a list of task mappings."""
+def tasks_from_config(spec: str | Sequence[Mapping[str, Any] | TaskConfig]) -> list[Task]:
+    """Tasks from a config value: a registered set's name, or a list of tasks (typed entries of
+    the config, or mappings with their fields)."""
+    from builders.config import TaskConfig, load_config_section
+
     if isinstance(spec, str):
         return get_task_set(spec)
-    tasks = []
-    for i, entry in enumerate(spec):
-        try:
-            tasks.append(
-                Task(
-                    task_id=str(entry["task_id"]),
-                    dataset=str(entry.get("dataset", "fashion_mnist")),
-                    classes=tuple(entry["classes"]),
-                    domain=str(entry.get("domain", "identity")),
-                    domain_kwargs=dict(entry.get("domain_kwargs") or {}),
-                )
-            )
-        except KeyError as exc:
-            raise SchemaError(f"config tasks[{i}]: missing field {exc} in {entry}") from exc
+    tasks = [
+        (entry if isinstance(entry, TaskConfig) else load_config_section(TaskConfig, entry, f"tasks[{i}]")).task()
+        for i, entry in enumerate(spec)
+    ]
     ids = [t.task_id for t in tasks]
     if len(set(ids)) != len(ids):
         raise SchemaError(f"config tasks repeat task ids: {ids}")

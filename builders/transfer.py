@@ -22,7 +22,6 @@ the full (averaged) matrix. All runs use the multi-model engine.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -33,8 +32,9 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
+from builders.config import TransferConfig  # the protocol's knobs: the build config's transfer section
 from builders.engine import TaskTensors, TrainSpec, train_models
-from modelset.architectures import build_architecture, canonical_kwargs
+from modelset.architectures import build_architecture, canonical_kwargs, decode_kwargs
 from modelset.runtime import Runtime
 from modelset.tasks import Task
 
@@ -42,29 +42,6 @@ log = logging.getLogger(__name__)
 
 #: A source model: ``(model_id, architecture, arch_kwargs, final_state_dict)``.
 Source = tuple[str, str, dict, dict[str, torch.Tensor]]
-
-
-@dataclass(frozen=True)
-class TransferConfig:
-    """The protocol's knobs (all recorded in the model set's config and card)."""
-
-    budget: int = 500  # target training images
-    epochs: int = 3
-    batch_size: int = 32
-    optimizer: str = "adam"
-    lr: float = 0.003
-    weight_decay: float = 1e-4
-    seeds: int = 1  # runs per (replicate, target): scratch models, and fine-tunes per source model
-    chunk: int = 64  # models per engine call
-
-    @classmethod
-    def from_dict(cls, d: Mapping | None) -> TransferConfig:
-        d = dict(d or {})
-        d.pop("enabled", None)
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"transfer config: unknown keys {sorted(unknown)}")
-        return cls(**d)
 
 
 @dataclass
@@ -132,7 +109,7 @@ def _spearman_brown(rho: float) -> float:
 @functools.lru_cache(maxsize=32)
 def head_keys(architecture: str, kwargs_json: str) -> frozenset[str]:
     """State-dict keys whose shape depends on ``num_classes`` (the classification head)."""
-    kwargs = {k: v for k, v in json.loads(kwargs_json).items() if k != "num_classes"}
+    kwargs = {k: v for k, v in decode_kwargs(kwargs_json).items() if k != "num_classes"}
     a = build_architecture(architecture, dict(kwargs, num_classes=2)).state_dict()
     b = build_architecture(architecture, dict(kwargs, num_classes=3)).state_dict()
     return frozenset(k for k in a if a[k].shape != b[k].shape)

@@ -21,7 +21,8 @@ from h5py import h5d, h5g, h5o, h5s
 
 from modelset import _hdf5, _io
 from modelset._untrusted import parse_json, regular_file
-from modelset.architectures import build_architecture, canonical_kwargs
+from modelset.architectures import build_architecture, canonical_kwargs, decode_kwargs
+from modelset.architectures._registry import MAX_ARCH_KWARGS_CHARS  # noqa: F401  (its old home)
 from modelset.errors import (
     CorruptShardError,
     InvalidParametersError,
@@ -92,20 +93,9 @@ ALLOWED_DTYPES = {
     torch.int8: "i", torch.int16: "i", torch.int32: "i", torch.int64: "i", torch.uint8: "u",
 }  # fmt: skip
 
-#: Longest ``arch_kwargs`` JSON accepted: a signature is a handful of numbers and names.
-MAX_ARCH_KWARGS_CHARS = 4096
-
-
 @functools.lru_cache(maxsize=256)
 def _spec(architecture: str, kwargs_json: str) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
-    if len(kwargs_json) > MAX_ARCH_KWARGS_CHARS:
-        raise SchemaError(
-            f"architecture {architecture!r}: arch_kwargs of {len(kwargs_json)} characters, more than "
-            f"the limit of {MAX_ARCH_KWARGS_CHARS}"
-        )
-    kwargs = parse_json(kwargs_json or "{}", f"arch_kwargs of architecture {architecture!r}")
-    if not isinstance(kwargs, dict):
-        raise SchemaError(f"arch_kwargs of architecture {architecture!r} must be a JSON object, found {kwargs_json[:200]}")
+    kwargs = decode_kwargs(kwargs_json, f"arch_kwargs of architecture {architecture!r}")
     try:
         with torch.device("meta"):
             module = build_architecture(architecture, kwargs)

@@ -24,7 +24,6 @@ to a single ``state_dict``).
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -35,7 +34,7 @@ import torch
 from torch import nn
 
 import modelset.architectures.resnet  # noqa: F401  (registers resnet_tiny, a zoo family)
-from modelset.architectures import build_architecture, canonical_kwargs
+from modelset.architectures import build_architecture, canonical_kwargs, decode_kwargs
 from modelset.errors import InvalidParametersError
 from modelset.registry import Registry
 from modelset.shards import check_state_fits, expected_shapes
@@ -102,7 +101,7 @@ class WeightSpace:
 
     @property
     def kwargs(self) -> dict[str, Any]:
-        return json.loads(self.arch_kwargs)
+        return decode_kwargs(self.arch_kwargs)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor by a stable name (``layer.weight``, ``layer.bias``, extras' keys)."""
@@ -197,7 +196,7 @@ class WeightSpace:
         per_model = {k: tuple(v.shape[1:]) for k, v in stacked.items()}
         check_state_fits(f"weights per model ({kwargs_json})", per_model, expected, architecture)
         layout = _LAYOUTS.get(architecture) if architecture in _LAYOUTS else generic_layout
-        space = layout(architecture, json.loads(kwargs_json), dict(stacked))
+        space = layout(architecture, decode_kwargs(kwargs_json), dict(stacked))
         return space.fold_norms() if fold_norms else space
 
 

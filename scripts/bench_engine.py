@@ -148,7 +148,7 @@ def bench_recipes(args: argparse.Namespace, specs: list[TrainSpec], data: dict[s
     from builders.tasks import tasks_from_config
 
     cfg = load_config(args.config)
-    planned = [s for s in plan_models(cfg, tasks_from_config(cfg["tasks"])) if s.architecture == args.arch]
+    planned = [s for s in plan_models(cfg, tasks_from_config(cfg.tasks)) if s.architecture == args.arch]
     knobs = ("schedule", "init", "augment", "label_smoothing", "input_norm")
     drawn = []
     for spec, plan in zip(specs, planned):  # the config's draws, in plan order

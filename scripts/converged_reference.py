@@ -102,7 +102,7 @@ def main() -> None:
                     "the references measured now; the config's data.converged_reference names it for the card)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config).to_dict()  # the keys as written
     task_ids = args.tasks.split(",")
     lrs = [float(v) for v in args.lrs.split(",")]
     limit = (cfg.get("data") or {}).get("train_limit")

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(
 
 def tiny_config() -> dict:
     """configs/mini.yaml cut down further so a build takes seconds."""
-    cfg = load_config(REPO / "configs" / "mini.yaml")
+    cfg = load_config(REPO / "configs" / "mini.yaml").to_dict()
     cfg["data"] = {"root": None, "train_limit": 400, "test_limit": 200}
     cfg["threads"] = 2  # as ModelSet500: two engine stacks side by side, still bit-reproducible
     cfg["families"] = [
@@ -80,39 +80,39 @@ def clean(env: dict) -> Path:
     return out
 
 
-def _in_ranges(spec, hp: dict) -> bool:
+def _in_ranges(spec, hp) -> bool:
     """Whether a planned model's values lie in its recipe family's documented ranges."""
 
     def within(value: float, rng) -> bool:
         lo, hi = (rng, rng) if isinstance(rng, (int, float)) else rng
         return lo - 1e-9 <= value <= hi + 1e-9
 
-    lo, hi = hp["lr"][spec.optimizer]
+    lo, hi = hp.lr[spec.optimizer]
     return (
-        spec.optimizer in hp["optimizer"] and lo * 0.999 <= spec.lr <= hi * 1.001
-        and within(spec.weight_decay, [hp["weight_decay"][0] * 0.999, hp["weight_decay"][1] * 1.001])
-        and spec.batch_size in hp["batch_size"] and within(spec.epochs, hp["epochs"])
-        and spec.schedule in hp["schedule"] and spec.init in hp["init"]
-        and spec.augment in hp["augment"] and spec.input_norm in hp["input_norm"]
-        and within(spec.label_smoothing, hp["label_smoothing"])
-        and within(spec.train_fraction, hp["train_fraction"])
+        spec.optimizer in hp.optimizer and lo * 0.999 <= spec.lr <= hi * 1.001
+        and within(spec.weight_decay, [hp.weight_decay[0] * 0.999, hp.weight_decay[1] * 1.001])
+        and spec.batch_size in hp.batch_size and within(spec.epochs, hp.epochs)
+        and spec.schedule in hp.schedule and spec.init in hp.init
+        and spec.augment in hp.augment and spec.input_norm in hp.input_norm
+        and within(spec.label_smoothing, hp.label_smoothing)
+        and within(spec.train_fraction, hp.train_fraction)
     )  # fmt: skip
 
 
 def test_plan_is_deterministic_and_documented() -> None:
     cfg = load_config(REPO / "configs" / "modelset500.yaml")
-    tasks = get_task_set(cfg["tasks"])
+    tasks = get_task_set(cfg.tasks)
     a, b = plan_models(cfg, tasks), plan_models(cfg, tasks)
     assert a == b and len(a) == 500 and len({s.model_id for s in a}) == 500
-    assert len(tasks) == 50 and {s.architecture for s in a} == {f["architecture"] for f in cfg["families"]}
+    assert len(tasks) == 50 and {s.architecture for s in a} == {f.architecture for f in cfg.families}
     assert {s.num_classes for s in a} == {5}  # v2: no head shape tells tasks apart
     families = recipe_families(cfg)
     for s in a:  # inside the documented ranges of its recipe family
         assert _in_ranges(s, families[s.recipe_family]), s
-    shards = plan_shards(a, cfg["shard_size"])
+    shards = plan_shards(a, cfg.shard_size)
     assert sorted(s.model_id for sh in shards for s in sh) == sorted(s.model_id for s in a)
     for sh in shards:
-        assert len({(s.signature(), s.batch_size) for s in sh}) == 1 and len(sh) <= cfg["shard_size"]
+        assert len({(s.signature(), s.batch_size) for s in sh}) == 1 and len(sh) <= cfg.shard_size
 
 
 @pytest.mark.parametrize("config", ["mini.yaml", "modelset500.yaml"])
@@ -120,21 +120,21 @@ def test_recipe_families_are_planned_per_task(config: str) -> None:
     """Every task has models of every recipe family; the family held out from fitting differs
     from the zoo in optimizer, schedule, init, augmentation and input normalization."""
     cfg = load_config(REPO / "configs" / config)
-    tasks = get_task_set(cfg["tasks"])
+    tasks = get_task_set(cfg.tasks)
     specs = plan_models(cfg, tasks)
     families = recipe_families(cfg)
     assert len(families) >= 2 and next(iter(families)) == DEFAULT_FAMILY
     for t in tasks:
         mine = [s for s in specs if s.task_id == t.task_id]
         assert {s.recipe_family for s in mine} == set(families)
-        for fam in cfg["families"]:  # claimed models are the last of each architecture family
-            of_arch = sorted((s for s in mine if s.architecture == fam["architecture"]), key=lambda s: s.model_id)
+        for fam in cfg.families:  # claimed models are the last of each architecture family
+            of_arch = sorted((s for s in mine if s.architecture == fam.architecture), key=lambda s: s.model_id)
             assert of_arch[0].recipe_family == DEFAULT_FAMILY  # transfer sources, variant parents
             names = [s.recipe_family for s in of_arch]
             assert names == sorted(names, key=lambda n: n != DEFAULT_FAMILY)
     zoo, outside = families["zoo"], families["outside"]
     for key in ("optimizer", "schedule", "init", "augment", "input_norm"):
-        assert not set(zoo[key]) & set(outside[key]), key  # disjoint choices
+        assert not set(getattr(zoo, key)) & set(getattr(outside, key)), key  # disjoint choices
     by_family = {name: [s for s in specs if s.recipe_family == name] for name in families}
     assert all(_in_ranges(s, families[name]) for name, group in by_family.items() for s in group)
     assert {s.input_norm for s in by_family["outside"]} == {"minus_one_one"}
@@ -166,18 +166,18 @@ def test_old_config_plans_as_before() -> None:
 @pytest.mark.parametrize(
     ("hyperparameters", "message"),
     [
-        ({"schedules": ["cosine"]}, r"unknown hyperparameters \['schedules'\]"),
-        ({"schedule": ["cyclic"]}, r"schedule \['cyclic'\] not in"),
-        ({"init": "orthogonal"}, r"init must be a non-empty list"),
-        ({"label_smoothing": [0.2, 0.1]}, r"label_smoothing must be a value or \[lo, hi\]"),
-        ({"train_fraction": 1.5}, r"train_fraction \[1.5, 1.5\] is out of bounds"),
+        ({"schedules": ["cosine"]}, r"hyperparameters\.schedules: unknown key; did you mean 'schedule'\?"),
+        ({"schedule": ["cyclic"]}, r"hyperparameters\.schedule: \['cyclic'\] not in"),
+        ({"init": "orthogonal"}, r"hyperparameters\.init: Input should be a valid list"),
+        ({"label_smoothing": [0.2, 0.1]}, r"hyperparameters\.label_smoothing: .*lo <= hi"),
+        ({"train_fraction": 1.5}, r"hyperparameters\.train_fraction: 1\.5 is out of bounds"),
         ({"recipes": {"a": {}, "b": {}}}, r"exactly one recipe family must leave out models_per_task"),
         ({"recipes": {"zoo": {}, "x": {"models_per_task": 1, "optimizer": ["adamw"]}}},
-         r"recipe family 'x': lr needs a \[lo, hi\] range for optimizer 'adamw'"),
+         r"hyperparameters\.recipes\.x\.lr: needs a \[lo, hi\] range for optimizer 'adamw'"),
         ({"recipes": {"zoo": {}, "x": {"models_per_task": {"cnn3": 3}}}},
-         r"recipe families claim 3 cnn3 models per task but families\[0\] has only 2"),
+         r"families\[0\]\.models_per_task: recipe families claim 3 cnn3 models per task but the family has only 2"),
         ({"recipes": {"zoo": {}, "x": {"models_per_task": 1, "epoch": [1, 2]}}},
-         r"recipe family 'x': unknown keys \['epoch'\]"),
+         r"hyperparameters\.recipes\.x\.epoch: unknown key; did you mean 'epochs'\?"),
     ],
 )
 def test_bad_recipe_config_is_named(tmp_path: Path, hyperparameters: dict, message: str) -> None:
@@ -210,7 +210,7 @@ def test_tiny_build_end_to_end(env: dict, clean: Path) -> None:
         assert col in meta.columns
     # every model's recipe is recorded as planned, and the outside family is in every task
     cfg = load_config(env["config"])
-    for spec in plan_models(cfg, get_task_set(cfg["tasks"])):
+    for spec in plan_models(cfg, get_task_set(cfg.tasks)):
         row = meta.loc[spec.model_id]
         for col in ("optimizer", "schedule", "init", "augment", "input_norm", "recipe_family"):
             assert row[col] == getattr(spec, col), (spec.model_id, col)

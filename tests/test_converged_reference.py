@@ -42,7 +42,7 @@ def test_a_missing_reference_file_is_named(tmp_path: Path) -> None:
 
 def test_modelset500_names_a_readable_reference() -> None:
     cfg = load_config(REPO / "configs" / "modelset500.yaml")
-    path = REPO / cfg["data"]["converged_reference"]
+    path = REPO / cfg.data.converged_reference
     refs = json.loads(path.read_text())["references"]
     assert {"full", "budget"} <= set(refs)
     for kind in refs.values():

@@ -11,6 +11,7 @@ import torchvision
 
 import modelset
 from builders.build import build, load_config
+from builders.config import BuildConfig
 from modelset import datasets
 from modelset.errors import DataUnavailableError
 
@@ -48,8 +49,8 @@ def fake_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     datasets.clear_cache()
 
 
-def _small(cfg: dict) -> dict:
-    cfg = dict(cfg, device="cpu")
+def _small(config: BuildConfig) -> dict:
+    cfg = dict(config.to_dict(), device="cpu")
     cfg["families"] = [dict(cfg["families"][0], models_per_task=2)]
     cfg["hyperparameters"] = dict(cfg["hyperparameters"], epochs=[2, 2], batch_size=[8])
     return cfg
@@ -58,7 +59,7 @@ def _small(cfg: dict) -> dict:
 @pytest.mark.slow
 def test_lps_protocol_on_stand_in(fake_cifar: Path) -> None:
     cfg = load_config(REPO / "configs" / "lps-cifar100.yaml")
-    assert cfg["tasks"] == "cifar100_pairs"
+    assert cfg.tasks == "cifar100_pairs"
     out = build(_small(cfg), fake_cifar / "set", progress=False)
     modelset.verify(out)
     ms = modelset.open(out)

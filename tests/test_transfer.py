@@ -41,9 +41,9 @@ def _sources(tasks, per_task: int, arch: str, kwargs: dict) -> dict:
 @pytest.mark.parametrize("config", ["modelset500.yaml", "mini.yaml"])
 def test_scratch_and_fine_tune_runs_share_the_sources_signature(config: str) -> None:
     cfg = load_config(REPO / "configs" / config)
-    fam = next(f for f in cfg["families"] if f["architecture"] == "cnn3")
-    kwargs = dict(fam.get("arch_kwargs") or {})
-    tasks = get_task_set(cfg["tasks"])[:5]
+    fam = next(f for f in cfg.families if f.architecture == "cnn3")
+    kwargs = dict(fam.arch_kwargs)
+    tasks = get_task_set(cfg.tasks)[:5]
     tc = TransferConfig(seeds=2)
     specs, inits = plan_transfer(tasks, _sources(tasks, 2, "cnn3", kwargs), tc, seed=3)
     source_sig = f"cnn3:{canonical_kwargs(kwargs)}"

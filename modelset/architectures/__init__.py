@@ -4,8 +4,9 @@ from modelset.architectures import cnn, resnet  # noqa: F401  (they register the
 from modelset.architectures._registry import (
     build_architecture,
     canonical_kwargs,
+    decode_kwargs,
     list_architectures,
     register_architecture,
 )
 
-__all__ = ["build_architecture", "canonical_kwargs", "list_architectures", "register_architecture"]
+__all__ = ["build_architecture", "canonical_kwargs", "decode_kwargs", "list_architectures", "register_architecture"]

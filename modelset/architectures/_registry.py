@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from modelset._untrusted import parse_json
 from modelset.errors import SchemaError
 from modelset.registry import Registry
 
@@ -56,13 +57,36 @@ def list_architectures() -> list[str]:
     return _ARCHITECTURES.names()
 
 
-def canonical_kwargs(kwargs: dict[str, Any] | str | None) -> str:
-    """Architecture keyword arguments as canonical JSON (sorted keys, lists not tuples)."""
+#: Longest ``arch_kwargs`` JSON accepted: a signature is a handful of numbers and names.
+MAX_ARCH_KWARGS_CHARS = 4096
+
+
+def canonical_kwargs(kwargs: Mapping[str, Any] | str | None) -> str:
+    """Architecture keyword arguments as canonical JSON (sorted keys, lists not tuples): the
+    encoder of the model table's ``arch_kwargs`` column (:func:`decode_kwargs` reads it back)."""
+    return json.dumps(decode_kwargs(kwargs), sort_keys=True, separators=(",", ":"))
+
+
+def decode_kwargs(kwargs: Mapping[str, Any] | str | None, where: str = "arch_kwargs") -> dict[str, Any]:
+    """Architecture keyword arguments as a new dict, from the model table's JSON text (or from a
+    mapping, copied; ``None`` and ``""`` are ``{}``).
+
+    The text is untrusted: at most :data:`MAX_ARCH_KWARGS_CHARS` characters, within the nesting
+    and integer limits of ``modelset._untrusted.parse_json``, and a JSON object; ``SchemaError``
+    naming ``where`` otherwise.
+    """
     if kwargs is None:
-        kwargs = {}
-    if isinstance(kwargs, str):
-        kwargs = json.loads(kwargs) if kwargs else {}
-    return json.dumps(kwargs, sort_keys=True, separators=(",", ":"))
+        return {}
+    if isinstance(kwargs, Mapping):
+        return dict(kwargs)
+    if not isinstance(kwargs, str):
+        raise SchemaError(f"{where}: expected JSON text or a mapping, found {type(kwargs).__name__}")
+    if len(kwargs) > MAX_ARCH_KWARGS_CHARS:
+        raise SchemaError(f"{where}: {len(kwargs)} characters, more than the limit of {MAX_ARCH_KWARGS_CHARS}")
+    value = parse_json(kwargs or "{}", where)
+    if not isinstance(value, dict):
+        raise SchemaError(f"{where} must be a JSON object, found {kwargs[:200]}")
+    return value
 
 
 def build_architecture(name: str, kwargs: dict[str, Any] | str | None = None) -> torch.nn.Module:
@@ -72,7 +96,7 @@ def build_architecture(name: str, kwargs: dict[str, Any] | str | None = None) ->
     factory does not accept.
     """
     factory = _ARCHITECTURES.get(name).factory
-    args = json.loads(canonical_kwargs(kwargs))
+    args = decode_kwargs(canonical_kwargs(kwargs))  # a deep copy, lists not tuples
     try:
         return factory(**args)
     except TypeError as exc:
