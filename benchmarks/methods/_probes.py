@@ -14,8 +14,9 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from modelset.architectures import decode_kwargs
 from modelset.errors import ModelSetError
-from modelset.reader import ModelSet, json_column
+from modelset.reader import ModelSet
 from modelset.tasks import Task, convert_input_norm, task_data
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ NOISE_SHAPE = (28, 28)
 
 
 def _in_channels(ms: ModelSet) -> int:
-    kwargs = json_column(str(ms.metadata["arch_kwargs"].iloc[0])) or {}
+    kwargs = decode_kwargs(str(ms.metadata["arch_kwargs"].iloc[0]))
     return int(kwargs.get("in_channels", 1))
 
 

@@ -13,7 +13,8 @@ import torch
 
 from benchmarks.methods._probes import common_probe, run_models
 from benchmarks.methods._registry import MethodError, MethodMeta, SimilarityMethod, register_method
-from modelset.reader import ModelSet, json_column
+from modelset.architectures import decode_kwargs
+from modelset.reader import ModelSet
 
 
 @register_method
@@ -36,7 +37,7 @@ class PredictionAgreement(SimilarityMethod):
     def _fit(self, ms: ModelSet, train_ids: list[str], seed: int) -> None:
         self.probe, self.probe_source = common_probe(ms, int(self.config["probe_size"]))
         # The widest head of the set fixes the embedding width (read from the architecture kwargs).
-        kwargs = [json_column(str(k)) or {} for k in ms.metadata["arch_kwargs"].unique()]
+        kwargs = [decode_kwargs(str(k)) for k in ms.metadata["arch_kwargs"].unique()]
         self.k_max = max(int(k.get("num_classes", 10)) for k in kwargs)
 
     def _embed(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:

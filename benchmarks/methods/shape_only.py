@@ -7,11 +7,11 @@ shapes give away; on a set whose tasks all share one shape it lands at chance.
 
 from __future__ import annotations
 
-import json
-
 import torch
 
 from benchmarks.methods._registry import MethodMeta, SimilarityMethod, register_method
+from modelset.architectures import canonical_kwargs
+from modelset.errors import SchemaError
 from modelset.reader import ModelSet
 
 
@@ -47,6 +47,6 @@ def _shape_key(signature: str) -> str:
     """The signature with its keyword arguments in canonical order (they fix every tensor shape)."""
     arch, _, kwargs = signature.partition("|")
     try:
-        return f"{arch}|{json.dumps(json.loads(kwargs), sort_keys=True)}"
-    except json.JSONDecodeError:
+        return f"{arch}|{canonical_kwargs(kwargs)}"
+    except SchemaError:
         return signature
