@@ -31,7 +31,7 @@ import pandas as pd
 from benchmarks import _plots, metrics
 from benchmarks.results import Result, load_results
 from benchmarks.tracks import TrackError, TrackMeta, get_track, list_tracks
-from modelset._io import write_text_atomic
+from modelset._atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from modelset import _io
+from modelset import _atomic
 from modelset.errors import ModelSetError
-from modelset.format import CHECKSUMS_FILE
 from modelset.reader import ModelSet
+from modelset.schema import CHECKSUMS_FILE
 
 SCHEMA_VERSION = 2  # 2: results per task fold (``fold``), per-unit values in curves
 STATUSES = ("ok", "not_applicable", "failed")
@@ -84,7 +84,7 @@ def write_result(results_dir: str | os.PathLike, result: Result) -> Path:
     path = result_path(results_dir, result.method, result.track, result.fold)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_finite(asdict(result)), indent=1, sort_keys=True, allow_nan=False)
-    _io.write_text_atomic(path, text + "\n")
+    _atomic.write_text_atomic(path, text + "\n")
     return path
 
 

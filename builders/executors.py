@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from modelset import _io
+from modelset import _atomic
 from modelset.errors import ModelSetError
 from modelset.registry import Registry
 
@@ -68,7 +68,7 @@ class LocalExecutor:
         staging.mkdir(parents=True, exist_ok=True)
         for number, spec in enumerate(specs):
             target = _staged(staging, number)
-            with _io.atomic_path(target) as tmp:
+            with _atomic.atomic_path(target) as tmp:
                 fn(spec, shared, tmp)
             yield spec, target
 
@@ -181,7 +181,7 @@ class RayExecutor:
                     ) from exc
                 submit()
                 target = _staged(staging, number)
-                _io.write_bytes_atomic(target, data)
+                _atomic.write_bytes_atomic(target, data)
                 yield spec, target
         finally:
             for _, _, ref in pending:  # the caller stopped early: do not leave work running

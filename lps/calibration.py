@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from modelset._io import write_json_atomic
+from modelset._atomic import write_json_atomic
 from modelset._untrusted import read_json
 from modelset.errors import ModelSetError
 

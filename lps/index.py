@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelset._io import atomic_paths
+from modelset._atomic import atomic_paths
 from modelset.errors import ModelSetError
 
 if TYPE_CHECKING:  # torch and pandas are imported where used: `lps search` start-up pays for them once

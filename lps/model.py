@@ -30,7 +30,7 @@ from torch import nn
 
 from lps._bank import FeatureBank, bank_from_modelset, bank_from_spaces
 from lps.weights import WeightSpace
-from modelset._io import atomic_paths
+from modelset._atomic import atomic_paths
 from modelset._untrusted import read_json, regular_file
 from modelset.errors import ModelSetError
 

@@ -38,7 +38,7 @@ from lps.features import compute_features
 from lps.model import LPS, LPSNet
 from lps.pairs import PairSampler
 from lps.weights import WeightSpace, load_spaces
-from modelset._io import replace_folder
+from modelset._atomic import replace_folder
 from modelset.errors import ModelSetError
 
 log = logging.getLogger(__name__)
@@ -278,7 +278,7 @@ def supervised_contrastive(z: torch.Tensor, labels: torch.Tensor, temperature: f
 
 def zoo_digest(ms) -> str:
     """SHA256 of the set's SHA256SUMS file: changes whenever any file of the set changes."""
-    from modelset.format import CHECKSUMS_FILE
+    from modelset.schema import CHECKSUMS_FILE
 
     path = ms.root / CHECKSUMS_FILE
     if not path.is_file():

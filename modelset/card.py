@@ -24,7 +24,8 @@ import pandas as pd
 import yaml
 
 from modelset import citation
-from modelset.format import (
+from modelset.layout import LAYOUT_INDEX, LAYOUTS_DIR, read_layout
+from modelset.schema import (
     CARD_FILE,
     CHECKSUMS_FILE,
     MODELS_FILE,
@@ -33,7 +34,6 @@ from modelset.format import (
     TASKS_FILE,
     UNCHECKED,
 )
-from modelset.layout import LAYOUT_INDEX, LAYOUTS_DIR, read_layout
 
 #: Sections every card has, in order; builders fill the ones they know more about.
 SECTIONS = (

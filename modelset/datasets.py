@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modelset import _io
+from modelset import _atomic
 from modelset.errors import ChecksumError, DataUnavailableError
 from modelset.registry import Registry
 
@@ -189,7 +189,7 @@ def seed_from_system(name: str, root: str | os.PathLike | None = None) -> bool:
                 f"{info.apt_package}; reinstall it with "
                 f"`sudo apt-get install --reinstall {info.apt_package}`."
             )
-        with _io.atomic_path(target) as tmp:  # renamed into place only once complete and checked
+        with _atomic.atomic_path(target) as tmp:  # renamed into place only once complete and checked
             try:
                 with gzip.open(archive, "rb") as fin, open(tmp, "wb") as fout:
                     shutil.copyfileobj(fin, fout, 1 << 20)

@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from modelset import _io
+from modelset import _atomic
 from modelset.card import (
     CITATION_FILE,
     LICENSE_FILE,
@@ -37,8 +37,8 @@ from modelset.card import (
     read_folds,
 )
 from modelset.errors import ExistsError, ModelSetError, SchemaError
-from modelset.format import CARD_FILE
 from modelset.layout import LAYOUTS_DIR, Layout, set_layouts
+from modelset.schema import CARD_FILE
 
 if TYPE_CHECKING:
     from modelset.reader import ModelSet
@@ -127,7 +127,7 @@ def export_hf(
         meta = ms.metadata.copy()
         meta.insert(0, "model_id", meta.index.astype(str))
         roles = _roles(folds, meta.index.tolist())
-        staging = out.parent / f"{_io.TMP_PREFIX}{out.name}"
+        staging = out.parent / f"{_atomic.TMP_PREFIX}{out.name}"
         if staging.exists():
             shutil.rmtree(staging)
         staging.mkdir(parents=True)
@@ -135,7 +135,7 @@ def export_hf(
             configs = []
             for layout, ids in set_layouts(ms):
                 name = _config_name(layout)
-                _io.write_text_atomic(staging / LAYOUTS_DIR / layout.file_name, layout.to_csv())
+                _atomic.write_text_atomic(staging / LAYOUTS_DIR / layout.file_name, layout.to_csv())
                 schema, columns = _schema(meta.loc[ids], layout)
                 groups: dict[tuple[str, ...], list[str]] = {}
                 for mid in sorted(ids):
@@ -164,11 +164,11 @@ def export_hf(
             public = [{k: v for k, v in c.items() if not k.startswith("_")} for c in configs]
             header = hf_header(ms.header, ms.metadata, public)
             body = _card_body(ms, configs, folds)
-            _io.write_text_atomic(staging / CARD_FILE, front_matter(header) + "\n" + body)
+            _atomic.write_text_atomic(staging / CARD_FILE, front_matter(header) + "\n" + body)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    _io.replace_folder(staging, out)
+    _atomic.replace_folder(staging, out)
     log.info("Hugging Face export of %s written to %s", root, out)
     return out
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from modelset import _io
+from modelset import _atomic
 from modelset.errors import InvalidParametersError, SchemaError
 
 if TYPE_CHECKING:
@@ -189,7 +189,7 @@ def write_layouts(root: Path, ms: ModelSet) -> list[Path]:
     written, index = [], []
     for layout, ids in set_layouts(ms):
         path = folder / layout.file_name
-        _io.write_text_atomic(path, layout.to_csv())
+        _atomic.write_text_atomic(path, layout.to_csv())
         written.append(path)
         index.append(
             {"file": layout.file_name, "architecture": layout.architecture, "arch_kwargs": layout.arch_kwargs,
@@ -197,7 +197,7 @@ def write_layouts(root: Path, ms: ModelSet) -> list[Path]:
         )
     if index:
         frame = pd.DataFrame(index)
-        _io.write_text_atomic(folder / LAYOUT_INDEX, frame.to_csv(index=False, lineterminator="\n"))
+        _atomic.write_text_atomic(folder / LAYOUT_INDEX, frame.to_csv(index=False, lineterminator="\n"))
         written.append(folder / LAYOUT_INDEX)
     if folder.exists():
         keep = {p.name for p in written}

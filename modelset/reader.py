@@ -31,7 +31,7 @@ from modelset.folds import (
     make_folds,
     parse_folds,
 )
-from modelset.format import (
+from modelset.schema import (
     HEADER_FILE,
     MODELS_FILE,
     RELATIONS_DIR,

@@ -30,10 +30,10 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from modelset import _io
+from modelset import _atomic
 from modelset._untrusted import parse_json, read_json, regular_file
 from modelset.errors import ChecksumError, ExistsError, LockedError, ModelSetError, UnsafeFileError
-from modelset.format import CHECKSUMS_FILE, HEADER_FILE, LOCK_FILE, RELEASE_INDEX_FILE, read_header
+from modelset.schema import CHECKSUMS_FILE, HEADER_FILE, LOCK_FILE, RELEASE_INDEX_FILE, read_header
 
 __all__ = ["INDEX_FILE", "fetch", "pack", "read_index", "validate_index"]
 
@@ -63,7 +63,7 @@ class ReleaseError(ModelSetError):
 def release_name(root: Path) -> str:
     """``<name>-v<schema>-<hash12>`` of the set at ``root`` (hash of its SHA256SUMS)."""
     header = read_header(root)
-    digest = _io.sha256_file(root / CHECKSUMS_FILE)[:12]
+    digest = _atomic.sha256_file(root / CHECKSUMS_FILE)[:12]
     name = re.sub(r"[^A-Za-z0-9_.\-]+", "-", str(header["name"])).strip("-.") or "modelset"
     return f"{name}-v{header['schema_version']}-{digest}"
 
@@ -101,7 +101,7 @@ def _hold_out_lock(out: Path) -> int:
     except BlockingIOError as exc:
         os.close(fd)
         raise LockedError(f"{out}: another pack is writing into this folder ({out / PACK_LOCK} is held); wait for it") from exc
-    for stale in sorted(out.glob(f"{_io.TMP_PREFIX}*")):
+    for stale in sorted(out.glob(f"{_atomic.TMP_PREFIX}*")):
         log.warning("removing %s left by an interrupted pack", stale)
         if stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale)
@@ -136,23 +136,23 @@ def _pack_locked(root: Path, out: Path, archive: bool, check: bool) -> Path:
     # What this pack writes: the folder's copies and index, the archive (512-byte headers and padding).
     needed = (0 if target.exists() else sizes + (64 << 10) * 1 + 256 * len(files))
     needed += 0 if not archive or tar_path.exists() else sizes + 2048 * (len(files) + 8)
-    _io.check_free(out_dir, needed, f"packing {name}")
+    _atomic.check_free(out_dir, needed, f"packing {name}")
     if not target.exists():
-        staging = out_dir / f"{_io.TMP_PREFIX}{name}"
+        staging = out_dir / f"{_atomic.TMP_PREFIX}{name}"
         try:
             _copy_release(root, staging, target, files, sums, header, name)
         except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
-            if _io.is_disk_full(exc):
-                raise _io.disk_full(exc, out_dir, needed, f"release {name}") from exc
+            if _atomic.is_disk_full(exc):
+                raise _atomic.disk_full(exc, out_dir, needed, f"release {name}") from exc
             raise
     if archive and not tar_path.exists():
         try:
-            with _io.atomic_path(tar_path) as tmp:
+            with _atomic.atomic_path(tar_path) as tmp:
                 _write_tar(tmp, target, name)
         except OSError as exc:
-            if _io.is_disk_full(exc):
-                raise _io.disk_full(exc, out_dir, needed, f"archive {tar_path.name}") from exc
+            if _atomic.is_disk_full(exc):
+                raise _atomic.disk_full(exc, out_dir, needed, f"archive {tar_path.name}") from exc
             raise
         log.info("archived %s", tar_path)
     return target
@@ -167,7 +167,7 @@ def _copy_release(
         src, dst = root / rel, staging / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
-        digest = _io.sha256_file(dst)  # hash the copy: the index describes what was written
+        digest = _atomic.sha256_file(dst)  # hash the copy: the index describes what was written
         if rel in sums and digest != sums[rel]:
             raise ChecksumError(f"{src}: sha256 changed while packing ({sums[rel]} -> {digest})")
         entries.append({"path": rel, "size": dst.stat().st_size, "sha256": digest})
@@ -182,8 +182,8 @@ def _copy_release(
         "total_bytes": sum(e["size"] for e in entries),
         "files": entries,
     }
-    _io.write_json_atomic(staging / INDEX_FILE, index)
-    _io.replace_folder(staging, target)
+    _atomic.write_json_atomic(staging / INDEX_FILE, index)
+    _atomic.replace_folder(staging, target)
     log.info("packed %d files (%d bytes) into %s", len(entries), index["total_bytes"], target)
 
 
@@ -417,7 +417,7 @@ def _staging_for(dest: Path) -> Path:
 
 
 def _file_ok(path: Path, entry: dict[str, Any]) -> bool:
-    return path.is_file() and path.stat().st_size == entry["size"] and _io.sha256_file(path) == entry["sha256"]
+    return path.is_file() and path.stat().st_size == entry["size"] and _atomic.sha256_file(path) == entry["sha256"]
 
 
 def fetch(
@@ -512,7 +512,7 @@ def fetch(
     _check_sums_agree(staging, entries, index_url)
     if check:
         verify(staging, checksums=False)  # sums were checked per file above; this reads the tensors
-    _io.replace_folder(staging, dest)  # an existing dest is never half-replaced
+    _atomic.replace_folder(staging, dest)  # an existing dest is never half-replaced
     log.info("fetched %d files (%d kept from an earlier attempt) into %s", len(entries), kept, dest)
     return dest
 
@@ -571,8 +571,8 @@ def _fetch_one(
             f"(expected {entry['sha256']}); the server copy is damaged"
         ) from exc
     except (requests.RequestException, OSError) as exc:
-        if _io.is_disk_full(exc):
-            raise _io.disk_full(exc, store.path, entry["size"], f"{rel} of the release") from exc
+        if _atomic.is_disk_full(exc):
+            raise _atomic.disk_full(exc, store.path, entry["size"], f"{rel} of the release") from exc
         raise ReleaseError(f"{base}{rel}: download failed ({exc}); run fetch again to resume") from exc
 
 

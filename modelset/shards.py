@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from h5py import h5d, h5g, h5o, h5s
 
-from modelset import _hdf5, _io
+from modelset import _atomic, _hdf5
 from modelset._untrusted import parse_json, regular_file
 from modelset.architectures import build_architecture, canonical_kwargs, decode_kwargs
 from modelset.architectures._registry import MAX_ARCH_KWARGS_CHARS  # noqa: F401  (its old home)
@@ -30,7 +30,7 @@ from modelset.errors import (
     SchemaError,
     UnsafeFileError,
 )
-from modelset.format import SCHEMA_VERSION, SHARD_FORMAT_NAME, check_model_id
+from modelset.schema import SCHEMA_VERSION, SHARD_FORMAT_NAME, check_model_id
 
 #: Target bytes of one HDF5 chunk: large enough for fast bulk reads, small enough that reading
 #: one model does not decode much more than it needs.
@@ -157,7 +157,7 @@ def write_shard_file(path: Path, records: Sequence[ModelRecord], shard: str) -> 
     The shard is built in memory and written in one go once its size is known and that much disk
     space is free: HDF5 itself never writes to disk, so a full disk is a ``DiskFullError`` and
     never a crash inside the HDF5 library. The caller writes to a temporary path and renames it
-    into place (``_io.atomic_path``).
+    into place (``_atomic.atomic_path``).
     """
     image, rows = shard_image(records, shard)
     write_image(Path(path), image, f"shard {shard!r}")
@@ -167,7 +167,7 @@ def write_shard_file(path: Path, records: Sequence[ModelRecord], shard: str) -> 
 def write_image(path: Path, image: bytes, what: str) -> None:
     """Write a file image to ``path``; on a full disk, remove the partial file and raise
     ``DiskFullError`` saying how much space is needed."""
-    _io.check_free(path.parent, len(image), what)
+    _atomic.check_free(path.parent, len(image), what)
     try:
         with open(path, "wb") as handle:
             handle.write(image)
@@ -175,8 +175,8 @@ def write_image(path: Path, image: bytes, what: str) -> None:
             os.fsync(handle.fileno())
     except OSError as exc:
         path.unlink(missing_ok=True)
-        if _io.is_disk_full(exc):
-            raise _io.disk_full(exc, path.parent, len(image), what) from exc
+        if _atomic.is_disk_full(exc):
+            raise _atomic.disk_full(exc, path.parent, len(image), what) from exc
         raise
 
 

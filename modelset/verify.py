@@ -9,10 +9,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from modelset import _io
+from modelset import _atomic
 from modelset._untrusted import set_files
 from modelset.errors import ChecksumError, ModelSetError, NotAModelSetError
-from modelset.format import CHECKSUMS_FILE, SHARDS_DIR, UNCHECKED, shard_index
+from modelset.schema import CHECKSUMS_FILE, SHARDS_DIR, UNCHECKED, shard_index
 from modelset.shards import ShardReader, check_state_fits, expected_shapes
 from modelset.writer import read_checksums
 
@@ -26,7 +26,7 @@ def verify_checksums(root: Path) -> int:
     sums = read_checksums(root)
     present = {
         rel for rel in set_files(root)
-        if Path(rel).name not in UNCHECKED and not Path(rel).name.startswith(_io.TMP_PREFIX)
+        if Path(rel).name not in UNCHECKED and not Path(rel).name.startswith(_atomic.TMP_PREFIX)
     }
     missing = sorted(set(sums) - present)
     if missing:
@@ -35,7 +35,7 @@ def verify_checksums(root: Path) -> int:
     if unlisted:
         raise ChecksumError(f"{root}: files not listed in {CHECKSUMS_FILE}: {unlisted[:5]}")
     for rel, expected in tqdm(sorted(sums.items()), desc="checksums", unit="file", leave=False):
-        found = _io.sha256_file(root / rel)
+        found = _atomic.sha256_file(root / rel)
         if found != expected:
             raise ChecksumError(
                 f"{root / rel}: sha256 mismatch: expected {expected}, found {found}. The file is "
@@ -60,7 +60,7 @@ def verify(path: str | os.PathLike, checksums: bool = True) -> dict[str, Any]:
     try:
         # The closed-shard rules over every object of every shard, used or not (``_hdf5``).
         for rel in set_files(root):
-            if rel.startswith(f"{SHARDS_DIR}/") and not Path(rel).name.startswith(_io.TMP_PREFIX):
+            if rel.startswith(f"{SHARDS_DIR}/") and not Path(rel).name.startswith(_atomic.TMP_PREFIX):
                 shard_index(rel)
                 reader = ShardReader(root / rel)
                 try:

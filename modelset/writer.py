@@ -23,11 +23,11 @@ from typing import Any
 
 import pandas as pd
 
-from modelset import _io
+from modelset import _atomic
 from modelset._untrusted import check_table_bytes, read_bytes
 from modelset.errors import ChecksumError, ExistsError, LockedError, SchemaError
 from modelset.folds import FOLDS_FILE, FoldConfig, Split, folds_document, parse_folds
-from modelset.format import (
+from modelset.schema import (
     CARD_FILE,
     CHECKSUMS_FILE,
     FORMAT_NAME,
@@ -89,11 +89,11 @@ def write_checksums(root: Path, rehash_shards: bool = False) -> None:
     lines = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()
-        if rel in UNCHECKED or path.name.startswith(_io.TMP_PREFIX):
+        if rel in UNCHECKED or path.name.startswith(_atomic.TMP_PREFIX):
             continue
-        digest = known.get(rel) or _io.sha256_file(path)
+        digest = known.get(rel) or _atomic.sha256_file(path)
         lines.append(f"{digest}  {rel}\n")
-    _io.write_text_atomic(root / CHECKSUMS_FILE, "".join(lines))
+    _atomic.write_text_atomic(root / CHECKSUMS_FILE, "".join(lines))
 
 
 def _acquire_lock(root: Path) -> int:
@@ -186,7 +186,7 @@ class ModelSetWriter:
                     "complete": False,
                     "library_versions": library_versions(),
                 }
-                _io.write_json_atomic(header_path, header)
+                _atomic.write_json_atomic(header_path, header)
             writer = cls(root, header, lock_fd)
             writer._recover()
             return writer
@@ -214,7 +214,7 @@ class ModelSetWriter:
 
     def _recover(self) -> None:
         """Remove what a killed writer left half-done and refresh header and checksums."""
-        removed = _io.remove_stale_temporaries(self.root)
+        removed = _atomic.remove_stale_temporaries(self.root)
         committed = set(self._table["shard"]) if len(self._table) else set()
         shard_dir = self.root / SHARDS_DIR
         if shard_dir.exists():
@@ -252,7 +252,7 @@ class ModelSetWriter:
             raise SchemaError(f"models {dupes[:5]} are already in {self.root}; ids must be unique")
         name = self._next_shard()
         target = self.root / name
-        with _io.atomic_path(target) as tmp:
+        with _atomic.atomic_path(target) as tmp:
             write_shard_file(tmp, records, name)
         self._commit_or_remove(name)
         return name
@@ -264,7 +264,7 @@ class ModelSetWriter:
         if dupes:
             raise SchemaError(f"{path}: models {dupes[:5]} are already in {self.root}")
         name = self._next_shard()
-        with _io.atomic_path(self.root / name) as tmp:
+        with _atomic.atomic_path(self.root / name) as tmp:
             write_image(tmp, renamed_image(Path(path), name), f"shard {name!r}")
         self._commit_or_remove(name)
         return name
@@ -286,7 +286,7 @@ class ModelSetWriter:
         buffer = io.BytesIO()
         table.to_parquet(buffer, index=False)
         check_table_bytes(buffer.getvalue(), self.root / MODELS_FILE, "model table")
-        _io.write_bytes_atomic(self.root / MODELS_FILE, buffer.getvalue(), "the model table")
+        _atomic.write_bytes_atomic(self.root / MODELS_FILE, buffer.getvalue(), "the model table")
         self._table = table
         self._refresh()
         log.info("committed %s (%d models, %d in the set)", name, len(new), len(table))
@@ -299,7 +299,7 @@ class ModelSetWriter:
         buffer = io.BytesIO()
         frame.to_parquet(buffer, index=True)
         check_table_bytes(buffer.getvalue(), self.root / TASKS_FILE, "task table")
-        _io.write_bytes_atomic(self.root / TASKS_FILE, buffer.getvalue(), "the task table")
+        _atomic.write_bytes_atomic(self.root / TASKS_FILE, buffer.getvalue(), "the task table")
         self._refresh()
 
     def set_relation(self, name: str, matrix: pd.DataFrame) -> None:
@@ -309,14 +309,14 @@ class ModelSetWriter:
         if list(matrix.index) != list(matrix.columns):
             raise SchemaError(f"relation {name!r}: rows and columns must be the same task ids")
         text = matrix.to_csv(index=True, index_label="task", float_format="%.9g")
-        _io.write_text_atomic(self.root / RELATIONS_DIR / f"{name}.csv", text)
+        _atomic.write_text_atomic(self.root / RELATIONS_DIR / f"{name}.csv", text)
         self._refresh()
 
     def set_folds(self, folds: Sequence[Split], config: FoldConfig) -> None:
         """Write the task folds of the evaluation protocol (``splits/folds.json``)."""
         doc = folds_document(folds, config)
         parse_folds(json.dumps(doc), self._table, FOLDS_FILE)  # never write folds the reader refuses
-        _io.write_json_atomic(self.root / FOLDS_FILE, doc)
+        _atomic.write_json_atomic(self.root / FOLDS_FILE, doc)
         self._refresh()
 
     #: Header keys the writer itself maintains; ``set_header_field`` refuses them.
@@ -346,11 +346,11 @@ class ModelSetWriter:
             with ModelSet(self.root) as ms:
                 write_layouts(self.root, ms)
         datasets = sorted({str(d) for d in self._table["dataset"]}) if len(self._table) else []
-        _io.write_text_atomic(self.root / LICENSE_FILE, citation.set_license_text(datasets))
+        _atomic.write_text_atomic(self.root / LICENSE_FILE, citation.set_license_text(datasets))
         created = str(self.header.get("created", ""))[:10] or None
-        _io.write_text_atomic(self.root / CITATION_FILE, citation.citation_cff(str(self.header["name"]), created))
+        _atomic.write_text_atomic(self.root / CITATION_FILE, citation.citation_cff(str(self.header["name"]), created))
         text = render_card(self.root, self.header, self._table, card or {})
-        _io.write_text_atomic(self.root / CARD_FILE, text)
+        _atomic.write_text_atomic(self.root / CARD_FILE, text)
         write_checksums(self.root)
 
     def _refresh(self, write_sums: bool = True) -> None:
@@ -367,7 +367,7 @@ class ModelSetWriter:
             }
         self.header["counts"] = counts
         self.header["updated"] = _now()
-        _io.write_json_atomic(self.root / HEADER_FILE, self.header)
+        _atomic.write_json_atomic(self.root / HEADER_FILE, self.header)
         if write_sums:
             write_checksums(self.root)
 

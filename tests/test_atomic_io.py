@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from modelset import _io
+from modelset import _atomic
 
 
 def test_atomic_paths_commit_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -17,9 +17,9 @@ def test_atomic_paths_commit_in_order(tmp_path: Path, monkeypatch: pytest.Monkey
     a.write_text("old")
     order = []
     real = os.replace
-    monkeypatch.setattr(_io.os, "replace", lambda s, d: (order.append(Path(d).name), real(s, d)))
-    with _io.atomic_paths(a, b) as (ta, tb):
-        assert ta.parent == a.parent and tb.parent == b.parent and ta.name.startswith(_io.TMP_PREFIX)
+    monkeypatch.setattr(_atomic.os, "replace", lambda s, d: (order.append(Path(d).name), real(s, d)))
+    with _atomic.atomic_paths(a, b) as (ta, tb):
+        assert ta.parent == a.parent and tb.parent == b.parent and ta.name.startswith(_atomic.TMP_PREFIX)
         ta.write_text("new a")
         tb.write_text("new b")
         assert a.read_text() == "old" and not b.exists()  # nothing visible before the block ends
@@ -32,7 +32,7 @@ def test_atomic_paths_commit_in_order(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_atomic_paths_failure_renames_nothing(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     a.write_text("old")
-    with pytest.raises(RuntimeError, match="half way"), _io.atomic_paths(a, b) as (ta, tb):
+    with pytest.raises(RuntimeError, match="half way"), _atomic.atomic_paths(a, b) as (ta, tb):
         ta.write_text("new")
         raise RuntimeError("half way")
     assert a.read_text() == "old" and not b.exists()
@@ -41,7 +41,7 @@ def test_atomic_paths_failure_renames_nothing(tmp_path: Path) -> None:
 
 def test_atomic_path_is_the_one_file_form(tmp_path: Path) -> None:
     target = tmp_path / "x.txt"
-    with _io.atomic_path(target) as tmp:
+    with _atomic.atomic_path(target) as tmp:
         tmp.write_text("done")
     assert target.read_text() == "done" and [p.name for p in tmp_path.iterdir()] == ["x.txt"]
 

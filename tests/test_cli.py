@@ -196,8 +196,7 @@ def test_python_m_prog_names(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.startswith("usage: python -m lps ")
 
 
-#: Known names left for their owners: private ``_io`` (absolute imports only) and ``format``.
-SHADOWING_LEFT = {"modelset._io", "modelset.format"}
+SHADOWING_LEFT: set[str] = set()
 
 
 def test_module_names_shadow_nothing() -> None:

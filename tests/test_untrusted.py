@@ -365,7 +365,7 @@ def test_writer_refuses_a_table_readers_would_refuse(tmp_path: Path) -> None:
 
 def test_tampered_release_never_fetches(base: Path, tmp_path: Path, secret: Path) -> None:
     """A release whose shard reads another file, with SHA256SUMS and the index recomputed."""
-    from modelset import _io
+    from modelset import _atomic
     from modelset.release import INDEX_FILE, fetch
 
     release = pack(base, tmp_path / "dist", archive=False)
@@ -374,7 +374,7 @@ def test_tampered_release_never_fetches(base: Path, tmp_path: Path, secret: Path
     write_checksums(release, rehash_shards=True)
     index = json.loads((release / INDEX_FILE).read_text())
     for entry in index["files"]:
-        entry.update(size=(release / entry["path"]).stat().st_size, sha256=_io.sha256_file(release / entry["path"]))
+        entry.update(size=(release / entry["path"]).stat().st_size, sha256=_atomic.sha256_file(release / entry["path"]))
     (release / INDEX_FILE).write_text(json.dumps(index))
     with pytest.raises(UnsafeFileError, match="external storage"):
         fetch(str(release), tmp_path / "got", retries=0)

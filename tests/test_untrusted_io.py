@@ -205,12 +205,12 @@ def test_full_disk_while_writing_a_shard(tiny_disk: Path) -> None:
 def test_enospc_during_the_table_commit_removes_the_uncommitted_shard(tiny_disk: Path, monkeypatch) -> None:
     """The free-space check passes, then the disk fills up (another process): the table write
     fails with ENOSPC; the staging file and the uncommitted shard are removed."""
-    from modelset import _io
+    from modelset import _atomic
 
     root = tiny_disk / "set"
     with ModelSetWriter.open(root, name="toy", config={}) as writer:
         writer.write_shard(_records(2, 8))
-        real = _io.atomic_path
+        real = _atomic.atomic_path
         fill = {"armed": True}
 
         @contextlib.contextmanager
@@ -221,7 +221,7 @@ def test_enospc_during_the_table_commit_removes_the_uncommitted_shard(tiny_disk:
                     _fill(tiny_disk, 0)
                 yield tmp
 
-        monkeypatch.setattr(_io, "atomic_path", filling)
+        monkeypatch.setattr(_atomic, "atomic_path", filling)
         with pytest.raises(DiskFullError, match="the disk filled up while writing the model table .* needs about"):
             writer.write_shard(_records(2, 8, start=10))
         (tiny_disk / "ballast").unlink()
@@ -296,10 +296,10 @@ def test_writes_say_how_much_space_they_need(tmp_path: Path, monkeypatch) -> Non
     """Without a small disk: the check itself, with the free space reported as 1 KiB."""
     import shutil
 
-    from modelset import _io
+    from modelset import _atomic
 
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(_io.shutil, "disk_usage", lambda p: usage._replace(free=1024))
+    monkeypatch.setattr(_atomic.shutil, "disk_usage", lambda p: usage._replace(free=1024))
     with pytest.raises(DiskFullError, match=r"needs 9.8 KiB \(10000 bytes\) of disk space, only 1.0 KiB are free"):
-        _io.write_bytes_atomic(tmp_path / "x.bin", np.zeros(10000, "u1").tobytes())
+        _atomic.write_bytes_atomic(tmp_path / "x.bin", np.zeros(10000, "u1").tobytes())
     assert list(tmp_path.iterdir()) == []

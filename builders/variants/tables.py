@@ -32,7 +32,7 @@ import pandas as pd
 from scipy import stats
 
 from builders.variants._registry import Comparison, LearnedVector, comparisons, learned_vectors
-from modelset._io import atomic_path, write_text_atomic
+from modelset._atomic import atomic_path, write_text_atomic
 from modelset.errors import unknown_name
 
 log = logging.getLogger(__name__)

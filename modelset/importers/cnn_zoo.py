@@ -585,7 +585,7 @@ def import_cnn_zoo(
     """
     from tqdm.auto import tqdm
 
-    from modelset import _io
+    from modelset import _atomic
     from modelset.card import LICENSE_FILE
     from modelset.shards import ModelRecord
     from modelset.writer import ModelSetWriter, write_checksums
@@ -662,7 +662,7 @@ def import_cnn_zoo(
             }
         )
         # The weights are the zoo authors' work: the licence says so (then the sums cover it).
-        _io.write_text_atomic(Path(out) / LICENSE_FILE, LICENSE_TEXT)
+        _atomic.write_text_atomic(Path(out) / LICENSE_FILE, LICENSE_TEXT)
         write_checksums(Path(out))
     return summary
 
