@@ -13,7 +13,9 @@ documented there and in ``configs/modelset500.yaml``), checked completely before
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import logging
 import math
 import os
@@ -109,6 +111,9 @@ def plan_models(cfg: BuildConfig, tasks: Sequence[Task]) -> list[TrainSpec]:
                         recipe_family=owners[i],
                     )
                 )
+                kept = cfg.checkpoints.epochs_for(specs[-1].epochs)
+                if kept:
+                    specs[-1] = dataclasses.replace(specs[-1], checkpoint_epochs=kept)
     return specs
 
 
@@ -187,11 +192,13 @@ def _record(res: TrainResult, task: Task, data: TaskTensors) -> ModelRecord:
         "chance_accuracy": res.chance,
         "below_chance": res.below_chance,
     }
+    if res.trajectory:
+        row["checkpoint_metrics"] = json.dumps(res.trajectory, separators=(",", ":"))
     return ModelRecord(
         model_id=s.model_id,
         architecture=s.architecture,
         arch_kwargs=dict(s.arch_kwargs),
-        checkpoints={"init": res.init, "final": res.final},
+        checkpoints={"init": res.init, **res.checkpoints, "final": res.final},
         row=row,
     )
 

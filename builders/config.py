@@ -281,6 +281,29 @@ class VariantConfig(Section):
         return self
 
 
+class CheckpointsConfig(Section):
+    """Training trajectories of the base models: besides ``init`` and ``final``, keep the
+    parameters after every epoch (``every_epoch``) or after the listed ``epochs`` (named
+    ``epoch_{e}``; epochs a model does not reach before its last are skipped for it)."""
+
+    every_epoch: bool = False
+    epochs: list[PositiveInt] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> CheckpointsConfig:
+        if self.every_epoch and self.epochs:
+            raise _fail("epochs", "give every_epoch or a list of epochs, not both")
+        if len(set(self.epochs)) != len(self.epochs):
+            raise _fail("epochs", f"epochs must be distinct, got {self.epochs}")
+        return self
+
+    def epochs_for(self, total: int) -> tuple[int, ...]:
+        """The kept epochs of a model that trains ``total`` epochs (its last is ``final``)."""
+        if self.every_epoch:
+            return tuple(range(1, total))
+        return tuple(sorted(e for e in self.epochs if e < total))
+
+
 class FoldsConfig(Section):
     """``folds:``: the task folds of the evaluation protocol (:mod:`modelset.folds`; its
     :class:`~modelset.folds.FoldConfig`, which the reader also uses, holds the defaults)."""
@@ -312,6 +335,7 @@ class BuildConfig(Section):
     transfer: TransferConfig = TransferConfig()
     variants: list[VariantConfig] = Field(default_factory=list)
     folds: FoldsConfig = FoldsConfig()
+    checkpoints: CheckpointsConfig = CheckpointsConfig()
 
     def task_list(self) -> list[Task]:
         """The config's tasks: its task set's, or the inline list."""

@@ -207,3 +207,13 @@ def test_inline_tasks_are_typed(tmp_path: Path) -> None:
 def test_the_built_sets_header_records_the_yaml_as_written(mini_set) -> None:
     raw = yaml.safe_load((REPO / "configs" / "mini.yaml").read_text())
     assert mini_set.header["config"] == raw == load_config(raw).to_dict()
+
+
+def test_checkpoints_section_keeps_epochs_each_model_reaches() -> None:
+    from builders.config import CheckpointsConfig
+
+    assert CheckpointsConfig(epochs=[5, 1, 3]).epochs_for(4) == (1, 3)
+    assert CheckpointsConfig(every_epoch=True).epochs_for(4) == (1, 2, 3)
+    assert CheckpointsConfig().epochs_for(9) == ()
+    with pytest.raises(Exception, match="not both"):
+        CheckpointsConfig(every_epoch=True, epochs=[1])

@@ -56,3 +56,28 @@ def test_every_model_reproduces_its_recorded_accuracy(mini_set: modelset.ModelSe
             # The build evaluated with the engine's stacked kernels; a module's own kernels may flip
             # the argmax of an image whose top two logits tie to float precision (on another CPU).
             assert abs(accuracy - row["test_accuracy"]) <= 1 / n + 1e-9, model_id
+
+
+def test_base_models_keep_their_training_trajectory(mini_set: modelset.ModelSet) -> None:
+    """configs/mini.yaml keeps epochs 1 and 2: each base model has those checkpoints beside init and
+    final, and each kept checkpoint rebuilds to the test accuracy recorded for it."""
+    import json
+
+    base = mini_set.metadata[mini_set.metadata["variant"] == "base"]
+    assert (base["checkpoints"] == "epoch_1,epoch_2,final,init").all()
+    for task_id, rows in base.groupby("task"):
+        task = Task.from_row(task_id, mini_set.tasks.loc[task_id].to_dict())
+        x, y = task_data(task, "test", limit=int(rows["test_size"].max()))
+        for model_id, row in rows.head(2).iterrows():
+            trajectory = json.loads(row["checkpoint_metrics"])
+            assert list(trajectory) == ["init", "epoch_1", "epoch_2", "final"]
+            assert [t["epoch"] for t in trajectory.values()] == [0, 1, 2, row["epochs"]]
+            assert trajectory["final"]["test_accuracy"] == row["test_accuracy"]
+            n = int(row["test_size"])
+            inputs = convert_input_norm(x[:n], task.dataset, row["input_norm"])
+            for name in ("init", "epoch_1"):
+                with torch.no_grad():
+                    accuracy = int((mini_set.model(model_id, name)(inputs).argmax(1) == y[:n]).sum()) / n
+                assert abs(accuracy - trajectory[name]["test_accuracy"]) <= 1 / n + 1e-9, (model_id, name)
+    variants = mini_set.metadata[mini_set.metadata["variant"] != "base"]
+    assert (variants["checkpoints"].map(lambda c: "epoch_1" not in c.split(","))).all()
