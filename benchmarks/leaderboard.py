@@ -210,16 +210,23 @@ def _best(methods: list[str], columns: list[tuple[str, str]], cells: dict, resul
 
 
 def weight_only(meta: dict[str, Any]) -> bool:
-    """A baseline that reads weights only: not a control, no task data, not an LPS variant."""
-    return not _is_control(meta) and not meta.get("needs_data") and not str(meta.get("name", "")).startswith("lps")
+    """A baseline that reads weights only: not a control, no task data, not a proposed method."""
+    return not _is_control(meta) and not meta.get("needs_data") and not meta.get("proposed")
 
 
-def lps_versus_baseline(results: list[Result], method: str = "lps", board: Board | None = None) -> list[dict[str, Any]]:
-    """Per track (first primary metric): ``method`` minus the best weight-only baseline, with the
-    95 % bootstrap interval of the paired difference over units and the Wilcoxon p-value.
-    ``board``: the main table already computed from ``results``."""
+def proposed_method(results: list[Result]) -> str | None:
+    """The method the board is about: the first (by name) whose metadata says ``proposed``."""
+    names = sorted(m for m, meta in _methods(results).items() if meta.get("proposed"))
+    return names[0] if names else None
+
+
+def lps_versus_baseline(results: list[Result], method: str | None = None, board: Board | None = None) -> list[dict[str, Any]]:
+    """Per track (first primary metric): ``method`` (default: :func:`proposed_method`) minus the
+    best weight-only baseline, with the 95 % bootstrap interval of the paired difference over units
+    and the Wilcoxon p-value. ``board``: the main table already computed from ``results``."""
     methods, columns, cells = board or table(results)
     metas = _methods(results)
+    method = method or proposed_method(results)
     out = []
     seen = set()
     for t, k in columns:
@@ -235,7 +242,7 @@ def lps_versus_baseline(results: list[Result], method: str = "lps", board: Board
         if len(a) == 0:
             continue
         diff, low, high = metrics.bootstrap_ci(a - b)
-        out.append({"track": t, "metric": k, "baseline": rival, "difference": diff, "low": low, "high": high,
+        out.append({"track": t, "metric": k, "method": method, "baseline": rival, "difference": diff, "low": low, "high": high,
                     "p_value": metrics.paired_test(a, b), "units": len(a), "unit": cells[(method, t, k)].unit,
                     "lower_is_better": lower})
     return out
@@ -304,7 +311,7 @@ def _notes(results: list[Result], board: Board) -> list[str]:
     for row in lps_versus_baseline(results, board=board):
         better = "lower is better" if row["lower_is_better"] else "higher is better"
         lines.append(
-            f"LPS − {row['baseline']} on `{row['track']}` {row['metric']} ({better}): {row['difference']:+.3f} "
+            f"{row['method']} − {row['baseline']} on `{row['track']}` {row['metric']} ({better}): {row['difference']:+.3f} "
             f"[{row['low']:+.3f}, {row['high']:+.3f}], Wilcoxon p = {row['p_value']:.3g} over {row['units']} {row['unit']}s."
         )
     return lines
@@ -343,6 +350,7 @@ def markdown(results: list[Result], board: Board | None = None) -> str:
     zoo = results[0].zoo if results else {}
     folds = sorted({r.fold for r in results})
     reliable = reliability(results)
+    controls = [m for m in methods if metas[m].get("control")]
     lines = [
         "# ModelSet leaderboard",
         "",
@@ -351,7 +359,7 @@ def markdown(results: list[Result], board: Board | None = None) -> str:
         "Each cell: mean over held-out tasks [95 % bootstrap interval]; every task is held out in exactly one "
         "fold and learned methods are fit on that fold's training models only. Bold: the best non-control "
         "method of the column and every method not significantly different from it (two-sided Wilcoxon "
-        "signed-rank test over tasks, p ≥ 0.05). Controls (random, oracle, shape_only, recipe_only) are listed "
+        f"signed-rank test over tasks, p ≥ 0.05). Controls ({', '.join(controls) or 'none'}) are listed "
         "last; † marks methods that read the task labels.",
         "",
     ]

@@ -181,7 +181,7 @@ def test_significance_marks_and_lps_line(tmp_path: Path) -> None:
               "flat_cosine": base, "random": base - 0.2}
     for name, values in scores.items():
         meta = {"name": name, "learned": name == "lps", "needs_data": False, "control": name == "random",
-                "privileged": False, "invariances": [], "reference": "test"}
+                "privileged": False, "proposed": name == "lps", "invariances": [], "reference": "test"}
         for f in range(2):
             part = slice(f * 10, f * 10 + 10)
             units = {"unit": "task", "ids": tasks[part], "metrics": {"map": [float(v) for v in values[part]]}}
@@ -198,4 +198,5 @@ def test_significance_marks_and_lps_line(tmp_path: Path) -> None:
     [line] = leaderboard.lps_versus_baseline(results)
     assert line["baseline"] in ("weight_stats", "flat_cosine") and line["units"] == 20
     md = leaderboard.markdown(results)
-    assert f"LPS − {line['baseline']} on `retrieval` map" in md and "Wilcoxon" in md
+    assert f"lps − {line['baseline']} on `retrieval` map" in md and "Wilcoxon" in md
+    assert "Controls (random) are listed last" in md

@@ -48,6 +48,8 @@ class MethodMeta:
     ``privileged``: uses information a real user would not have (the label oracle).
     ``control``: a sanity check rather than a contender (random, oracle): listed last on the
     leaderboard and never marked best.
+    ``proposed``: a method the board is about (LPS and its variants): the leaderboard sets the
+    first proposed method against the best weight-only baseline of each track.
     """
 
     name: str
@@ -58,12 +60,13 @@ class MethodMeta:
     description: str = ""
     privileged: bool = False
     control: bool = False
+    proposed: bool = False
     config: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             raise MethodError(f"method name {self.name!r}: expected lower_snake_case ([a-z][a-z0-9_]*)")
-        for flag in ("learned", "needs_data", "privileged", "control"):
+        for flag in ("learned", "needs_data", "privileged", "control", "proposed"):
             if not isinstance(getattr(self, flag), bool):
                 raise MethodError(f"method {self.name!r}: {flag} must be a bool, found {getattr(self, flag)!r}")
         object.__setattr__(self, "invariances", tuple(self.invariances))

@@ -17,6 +17,7 @@ class LPSContrastive(_LPSBase):
         name="lps_contrastive",
         learned=True,
         needs_data=False,
+        proposed=True,
         invariances=("permutation", "scale"),
         reference="LPS (Wang et al. 2019) with contrastive pretraining after Ren et al. 2020 (arXiv 2012.05895)",
         description="second-order network, instance + task contrastive training",

@@ -38,6 +38,7 @@ class LPSPairs(_LPSBase):
         name="lps",
         learned=True,
         needs_data=False,
+        proposed=True,
         invariances=("permutation", "scale"),
         reference="Wang, Lai, Liang, Wang 2019, Learnable Parameter Similarity (arXiv 1907.11943)",
         description="second-order network trained on same/different-task pairs",
