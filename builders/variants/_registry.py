@@ -138,26 +138,3 @@ def comparisons() -> list[Comparison]:
 def learned_vectors() -> list[LearnedVector]:
     """Every declared learned vector, by recipe name."""
     return [v for n in _META.names() for v in _META.get(n).learned]
-
-
-# -- the built-in recipes' forms -------------------------------------------------------------
-describe_recipe("str", RecipeMeta(Comparison(
-    family="str_vs_gmp", title="STR vs GMP at matched sparsity", methods=("str",), baseline="gmp",
-    claim="STR ≥ GMP at the same sparsity, especially at high sparsity (Kusupati et al. 2020)", order=10)))
-describe_recipe("channel_sim", RecipeMeta(Comparison(
-    family="channel_sim_vs_l1", title="Channel-similarity vs L1-norm filter pruning at equal FLOPs",
-    methods=("channel_sim",), baseline="l1_filter",
-    claim="channel similarity ≥ L1-norm filter pruning at equal FLOPs (Zhang et al. 2019)", order=20)))
-describe_recipe("shape_adaptor", RecipeMeta(
-    Comparison(family="shape_adaptor_vs_fixed_stride", title="Shape adaptor vs fixed strides",
-               methods=("shape_adaptor",), baseline="fixed_stride",
-               claim="shape adaptor ≥ fixed, human-designed down-sampling (Liu et al. 2020)", order=30),
-    learned=(LearnedVector(name="shape_adaptor_scales", title="Learned shape-adaptor scales", variant="shape_adaptor",
-                           column="scales", item="adaptor", prefix="sa", value="scale"),),
-))
-describe_recipe("nsl", RecipeMeta(Comparison(
-    family="nsl_vs_conv",
-    title="NSL (static full, static diagonal, dynamic full, dynamic diagonal) vs convolution",
-    methods=("nsl_full", "nsl_diag", "nsl_dynamic_full", "nsl_dynamic_diag"), baseline="conv",
-    claim="dynamic NSL ≥ convolution (Liu et al. 2019)", claim_variants=("nsl_dynamic_full", "nsl_dynamic_diag"),
-    order=40)))

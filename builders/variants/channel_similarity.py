@@ -54,7 +54,7 @@ from scipy.spatial.distance import squareform
 
 from builders.variants._common import Parent, Regime, TaskTensors, VariantError, finish_model, variant_id
 from builders.variants._pruning import FINETUNE_REGIME, check_prunable, finetune, merge_layer, narrow_kwargs
-from builders.variants._registry import register_recipe
+from builders.variants._registry import Comparison, RecipeMeta, register_recipe
 from builders.variants.l1_filter import l1_prune
 from modelset.architectures import build_architecture
 from modelset.writer import ModelRecord
@@ -200,7 +200,14 @@ def channel_sim_prune(
     )
 
 
-@register_recipe("channel_sim")
+#: How the tables compare this recipe's models (builders/variants/tables.py renders the form).
+META = RecipeMeta(Comparison(
+    family="channel_sim_vs_l1", title="Channel-similarity vs L1-norm filter pruning at equal FLOPs",
+    methods=("channel_sim",), baseline="l1_filter",
+    claim="channel similarity ≥ L1-norm filter pruning at equal FLOPs (Zhang et al. 2019)", order=20))
+
+
+@register_recipe("channel_sim", meta=META)
 def channel_sim_recipe(
     parent: Parent,
     data: TaskTensors,

@@ -36,7 +36,7 @@ from builders.variants._common import (
     train_scratch,
     variant_id,
 )
-from builders.variants._registry import register_recipe
+from builders.variants._registry import Comparison, RecipeMeta, register_recipe
 from builders.variants.shape_adaptor import SCRATCH_REGIME
 from modelset.writer import ModelRecord
 
@@ -61,7 +61,16 @@ def nsl_groups(model: nn.Module, regime: Regime, m_decay: float) -> dict[str, An
     return {"groups": groups}
 
 
-@register_recipe("nsl")
+#: How the tables compare this recipe's models (builders/variants/tables.py renders the form).
+META = RecipeMeta(Comparison(
+    family="nsl_vs_conv",
+    title="NSL (static full, static diagonal, dynamic full, dynamic diagonal) vs convolution",
+    methods=("nsl_full", "nsl_diag", "nsl_dynamic_full", "nsl_dynamic_diag"), baseline="conv",
+    claim="dynamic NSL ≥ convolution (Liu et al. 2019)", claim_variants=("nsl_dynamic_full", "nsl_dynamic_diag"),
+    order=40))
+
+
+@register_recipe("nsl", meta=META)
 def nsl_recipe(
     parent: Parent,
     data: TaskTensors,

@@ -44,7 +44,7 @@ from builders.variants._common import (
     variant_id,
     warmup_cosine,
 )
-from builders.variants._registry import register_recipe
+from builders.variants._registry import Comparison, LearnedVector, RecipeMeta, register_recipe
 from modelset.writer import ModelRecord
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,17 @@ def alpha_stepper(
     return {"groups": [{"params": weights}], "before_step": before_step}
 
 
-@register_recipe("shape_adaptor")
+#: How the tables compare this recipe's models (builders/variants/tables.py renders the form).
+META = RecipeMeta(
+    Comparison(family="shape_adaptor_vs_fixed_stride", title="Shape adaptor vs fixed strides",
+               methods=("shape_adaptor",), baseline="fixed_stride",
+               claim="shape adaptor ≥ fixed, human-designed down-sampling (Liu et al. 2020)", order=30),
+    learned=(LearnedVector(name="shape_adaptor_scales", title="Learned shape-adaptor scales", variant="shape_adaptor",
+                           column="scales", item="adaptor", prefix="sa", value="scale"),),
+)
+
+
+@register_recipe("shape_adaptor", meta=META)
 def shape_adaptor_recipe(
     parent: Parent,
     data: TaskTensors,

@@ -45,7 +45,7 @@ from builders.variants._common import (
     fit,
     variant_id,
 )
-from builders.variants._registry import register_recipe
+from builders.variants._registry import Comparison, RecipeMeta, register_recipe
 from builders.variants.gmp import train_gmp
 from modelset.writer import ModelRecord
 
@@ -149,7 +149,13 @@ def train_str(
     )
 
 
-@register_recipe("str")
+#: How the tables compare this recipe's models (builders/variants/tables.py renders the form).
+META = RecipeMeta(Comparison(
+    family="str_vs_gmp", title="STR vs GMP at matched sparsity", methods=("str",), baseline="gmp",
+    claim="STR ≥ GMP at the same sparsity, especially at high sparsity (Kusupati et al. 2020)", order=10))
+
+
+@register_recipe("str", meta=META)
 def str_recipe(
     parent: Parent,
     data: TaskTensors,
