@@ -32,6 +32,15 @@ class Registry(Generic[T]):
         self._entries[name] = entry
         return entry
 
+    def add_class(self, name: str, cls: T) -> T:
+        """Register a class; the same class re-registered (its module imported again, under the
+        same qualified name) replaces itself, another class under ``name`` is refused."""
+        known = self._entries.get(name)
+        if known is not None and _qualname(known) != _qualname(cls):
+            raise ValueError(f"{self.kind} {name!r} is registered twice ({_qualname(known)}, {_qualname(cls)})")
+        self._entries[name] = cls
+        return cls
+
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator form of :meth:`add`."""
         return lambda entry: self.add(name, entry)
@@ -63,3 +72,7 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.names()})"
+
+
+def _qualname(entry: object) -> str:
+    return f"{getattr(entry, '__module__', '')}.{getattr(entry, '__qualname__', repr(entry))}"

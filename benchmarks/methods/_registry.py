@@ -217,12 +217,10 @@ def register_method(cls: M) -> M:
         raise MethodError(f"{cls.__name__}: a registered method needs a MethodMeta as class attribute 'meta'")
     if not (cls.has_embedding() or cls._similarity is not SimilarityMethod._similarity):
         raise MethodError(f"method {meta.name!r}: implement _embed or _similarity")
-    known = _METHODS.get(meta.name) if meta.name in _METHODS else None
-    if known is not None and known.__qualname__ != cls.__qualname__:
-        raise MethodError(f"method {meta.name!r} is registered twice ({known.__qualname__}, {cls.__qualname__})")
-    _METHODS.remove(meta.name)  # a re-imported module re-registers its own class
-    _METHODS.add(meta.name, cls)
-    return cls
+    try:
+        return _METHODS.add_class(meta.name, cls)
+    except ValueError as exc:
+        raise MethodError(str(exc)) from None
 
 
 def unregister_method(name: str) -> None:

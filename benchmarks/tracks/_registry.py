@@ -163,12 +163,10 @@ def register_track(cls: T) -> T:
     meta = getattr(cls, "meta", None)
     if not isinstance(meta, TrackMeta):
         raise TrackError(f"{cls.__name__}: a registered track needs a TrackMeta as class attribute 'meta'")
-    known = _TRACKS.get(meta.name) if meta.name in _TRACKS else None
-    if known is not None and known.__qualname__ != cls.__qualname__:
-        raise TrackError(f"track {meta.name!r} is registered twice")
-    _TRACKS.remove(meta.name)  # a re-imported module re-registers its own class
-    _TRACKS.add(meta.name, cls)
-    return cls
+    try:
+        return _TRACKS.add_class(meta.name, cls)
+    except ValueError as exc:
+        raise TrackError(str(exc)) from None
 
 
 def unregister_track(name: str) -> None:

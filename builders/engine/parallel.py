@@ -8,12 +8,12 @@ count comes from the caller's :class:`~modelset.runtime.Runtime`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -73,11 +73,11 @@ def train_models(
                 bar.set_postfix(models_done=f"{finished}/{len(specs)}")
 
     if len(parts) == 1:
-        trained = [_train_stack(specs, data, dev, inits, advance)]
+        trained = [train_stack(specs, data, dev, inits, advance)]
     else:
         with Runtime.worker_threads(1), ThreadPoolExecutor(len(parts), "engine") as pool:
             futures = [
-                pool.submit(_train_stack, [specs[i] for i in part], data, dev, inits, advance)
+                pool.submit(_on_one_kernel_thread, train_stack, [specs[i] for i in part], data, dev, inits, advance)
                 for part in parts
             ]
             try:
@@ -123,17 +123,10 @@ def _steps(specs: list[TrainSpec], data: Mapping[str, TaskTensors]) -> list[int]
     return [Batches(s, data[s.task_id].x_train.shape[0]).total for s in specs]
 
 
-def _train_stack(
-    specs: list[TrainSpec],
-    data: Mapping[str, TaskTensors],
-    dev: torch.device,
-    inits: Mapping[str, Mapping[str, torch.Tensor]] | None,
-    advance: Callable[[int, int], None],
-) -> list[TrainResult]:
-    """Train ``specs`` in lock step as one stack; results in the order of ``specs``."""
-    single = threading.current_thread() is not threading.main_thread()
-    with Runtime.worker_threads(1) if single else contextlib.nullcontext():
-        return train_stack(specs, data, dev, inits, advance)
+def _on_one_kernel_thread(fn: Callable[..., list[TrainResult]], *args: Any) -> list[TrainResult]:
+    """``fn(*args)`` in a worker thread whose kernels use one thread (OpenMP's count is per thread)."""
+    with Runtime.worker_threads(1):
+        return fn(*args)
 
 
 def _check_group(specs: list[TrainSpec], data: Mapping[str, TaskTensors]) -> None:
