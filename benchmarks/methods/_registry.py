@@ -37,6 +37,11 @@ class MethodError(ModelSetError):
     """A similarity method was declared or used wrongly, or returned a malformed result."""
 
 
+class MethodNotApplicable(MethodError):
+    """A method cannot read these models (e.g. an architecture it has no layout for); the runner
+    records the method's results on the set as not applicable, with the message as the reason."""
+
+
 @dataclass(frozen=True)
 class MethodMeta:
     """What a leaderboard reader needs to know about a method (validated on creation).
