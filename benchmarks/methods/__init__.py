@@ -15,6 +15,7 @@ from benchmarks.methods import (  # noqa: F401  (imported to register the built-
     nfn,
     oracle,
     prediction_agreement,
+    probe_gen,
     random,
     recipe_only,
     second_order_fixed,
@@ -24,6 +25,7 @@ from benchmarks.methods import (  # noqa: F401  (imported to register the built-
     weight_stats_learned,
 )
 from benchmarks.methods._registry import (
+    ACCESS,
     INVARIANCES,
     MethodError,
     MethodMeta,
@@ -37,6 +39,7 @@ from benchmarks.methods._registry import (
 )
 
 __all__ = [
+    "ACCESS",
     "INVARIANCES",
     "MethodError",
     "MethodMeta",

@@ -31,6 +31,7 @@ from benchmarks.methods._registry import MethodMeta, MethodNotApplicable, Simila
 from benchmarks.methods._train import fit_contrastive, task_labels
 from lps.weights import WeightSpace
 from modelset.reader import ModelSet
+from modelset.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,10 @@ class NFN(SimilarityMethod):
         )
 
     def _fit(self, ms: ModelSet, train_ids: list[str], seed: int) -> None:
+        with Runtime.worker_threads(1):  # tiny ops: a second thread cost 20x on two busy cores
+            self._fit_encoder(ms, train_ids, seed)
+
+    def _fit_encoder(self, ms: ModelSet, train_ids: list[str], seed: int) -> None:
         if hasattr(self, "layout"):
             del self.layout  # a new fit may see another layout
         groups = self._groups(ms, train_ids)
@@ -155,6 +160,10 @@ class NFN(SimilarityMethod):
         )
 
     def _embed(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
+        with Runtime.worker_threads(1):
+            return self._embed_models(ms, ids)
+
+    def _embed_models(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
         out = torch.empty(len(ids), int(self.config["dim"]))
         with torch.no_grad():
             for pos, feats in self._groups(ms, ids):
