@@ -29,6 +29,7 @@ from benchmarks.results import load_results
 from benchmarks.runner import run
 from lps.splits import load_folds
 from lps.weights import WeightSpace, permute_hidden, to_state_dicts
+from modelset.architectures import build_architecture
 from modelset.writer import ModelRecord, ModelSetWriter
 
 FIELD = ("nfn", "probe_gen")
@@ -176,3 +177,19 @@ def test_probe_gen_runs_each_model_as_the_set_rebuilds_it(mini: modelset.ModelSe
             for row, pos in enumerate(group.positions.tolist()):
                 expected = mini.model(ids[pos])(model_inputs(mini, ids[pos], probes))
                 torch.testing.assert_close(logits[row], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_nfn_refuses_a_layout_it_was_not_fit_on(mini: modelset.ModelSet, tmp_path: Path) -> None:
+    """The NP layers are sized by the depth and filter sizes they were fit on: a two-layer
+    ``cnn3`` is named in the error, not embedded with the wrong layers."""
+    kwargs = {"num_classes": 5, "channels": [8, 8], "strides": [2, 2]}
+    state = build_architecture("cnn3", kwargs).state_dict()
+    row = {"task": "t00", "dataset": "fashion_mnist", "variant": "base", "parent_id": "", "seed": 0}
+    with ModelSetWriter.open(tmp_path / "set", name="shallow", config={}) as writer:
+        writer.write_shard([ModelRecord("shallow", "cnn3", kwargs, {"final": state}, row)])
+        writer.set_tasks(mini.tasks.loc[["t00"]])
+        writer.finish({"Summary": "one two-layer cnn3"})
+    fit_ids, _ = _cnn3_train_halves(mini)
+    method = create_method("nfn", steps=1).fit(mini, fit_ids, seed=0)
+    with pytest.raises(MethodNotApplicable, match=r"'shallow'.*fit it on models of that layout"):
+        method.embed(modelset.open(tmp_path / "set"), ["shallow"])

@@ -85,8 +85,11 @@ class NFN(SimilarityMethod):
         config={"hidden": 8, "dim": 32, "depth": 2, "steps": 100, "lr": 3e-3, "batch_size": 32},
     )
 
-    def _groups(self, ms: ModelSet, ids: list[str]) -> list[tuple[torch.Tensor, WeightSpaceFeatures]]:
-        """Per architecture signature: positions ``(b,)`` in ``ids`` and the models' features."""
+    def _groups(
+        self, ms: ModelSet, ids: list[str], layout: tuple[tuple[int, ...], ...] | None
+    ) -> list[tuple[torch.Tensor, WeightSpaceFeatures]]:
+        """Per architecture signature: positions ``(b,)`` in ``ids`` and the models' features,
+        which must have ``layout`` (see :func:`layout_key`) unless it is ``None``."""
         out = []
         for group in ms.by_signature(ids):
             space = WeightSpace.from_stacked(group.architecture, group.arch_kwargs, ms.stacked(group.ids))
@@ -98,9 +101,9 @@ class NFN(SimilarityMethod):
                     "method that reads any architecture (weight_stats, deepsets, lps)"
                 )
             feats = weight_space_features(space)
-            if hasattr(self, "layout") and layout_key(feats) != self.layout:
+            if layout is not None and layout_key(feats) != layout:
                 raise MethodNotApplicable(
-                    f"method 'nfn' was fit on networks with layers of filter sizes {self.layout}; model "
+                    f"method 'nfn' was fit on networks with layers of filter sizes {layout}; model "
                     f"{group.ids[0]!r} of {ms.root} has {layout_key(feats)}: fit it on models of that layout"
                 )
             out.append((torch.as_tensor(group.positions, dtype=torch.long), feats))
@@ -117,9 +120,7 @@ class NFN(SimilarityMethod):
             self._fit_encoder(ms, train_ids, seed)
 
     def _fit_encoder(self, ms: ModelSet, train_ids: list[str], seed: int) -> None:
-        if hasattr(self, "layout"):
-            del self.layout  # a new fit may see another layout
-        groups = self._groups(ms, train_ids)
+        groups = self._groups(ms, train_ids, None)
         layouts = {layout_key(f) for _, f in groups}
         if len(layouts) > 1:
             raise MethodNotApplicable(
@@ -166,7 +167,7 @@ class NFN(SimilarityMethod):
     def _embed_models(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
         out = torch.empty(len(ids), int(self.config["dim"]))
         with torch.no_grad():
-            for pos, feats in self._groups(ms, ids):
+            for pos, feats in self._groups(ms, ids, self.layout):
                 feats = self._scaled(feats)
                 for start in range(0, len(pos), 256):
                     part = feats.map(lambda t, s=start: t[s : s + 256])
