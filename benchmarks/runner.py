@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 import modelset
-from benchmarks.methods import SimilarityMethod, get_method, list_methods
+from benchmarks.methods import MethodNotApplicable, SimilarityMethod, get_method, list_methods
 from benchmarks.results import (
     FINAL_STATUSES,
     Result,
@@ -134,23 +134,27 @@ def run(
             "method": name, "fold": int(fold), "method_meta": meta, "method_config": dict(method.config),
             "zoo": zoo_info, "split": split.sizes(),
         }
-        fit_seconds, fit_error = 0.0, ""
+        fit_seconds, fit_error, fit_na = 0.0, "", ""
         torch.manual_seed(fold)
         try:
             t0 = time.perf_counter()
             method.fit(ms, list(split.train_ids), fold)
             fit_seconds = time.perf_counter() - t0
+        except MethodNotApplicable as exc:  # the method cannot read this set's models
+            fit_error = fit_na = str(exc)
         except Exception as exc:  # noqa: BLE001  (recorded as "failed" and retried next run)
             log.exception("method %s failed to fit (fold %d)", name, fold)
             fit_error = f"fit failed: {type(exc).__name__}: {exc}"
         for tname, track, h in todo:
             t0 = time.perf_counter()
-            fields_: dict[str, Any] = {"status": "failed", "reason": fit_error}
+            fields_: dict[str, Any] = {"status": "not_applicable" if fit_na else "failed", "reason": fit_error}
             if not fit_error:
                 try:
                     outcome = track.evaluate(method, ms, split)
                     fields_ = {"status": outcome.status, "reason": outcome.reason,
                                "metrics": outcome.metrics, "curves": outcome.curves}
+                except MethodNotApplicable as exc:
+                    fields_ = {"status": "not_applicable", "reason": str(exc)}
                 except Exception as exc:  # noqa: BLE001
                     log.exception("method %s failed on track %s (fold %d)", name, tname, fold)
                     fields_ = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}

@@ -28,6 +28,8 @@ from modelset.writer import ModelRecord, ModelSetWriter
 TINY = {
     "weight_stats_learned": {"steps": 5},
     "deepsets": {"steps": 5},
+    "nfn": {"steps": 5},
+    "probe_gen": {"steps": 5},
     "lps": {"epochs": 1},
     "lps_contrastive": {"epochs": 1},
     "cka": {"probe_size": 16},

@@ -12,8 +12,10 @@ from benchmarks.methods import (  # noqa: F401  (imported to register the built-
     flat_cosine,
     lps_contrastive,
     lps_pairwise,
+    nfn,
     oracle,
     prediction_agreement,
+    probe_gen,
     random_scorer,
     recipe_only,
     second_order_fixed,
@@ -23,9 +25,11 @@ from benchmarks.methods import (  # noqa: F401  (imported to register the built-
     weight_stats_learned,
 )
 from benchmarks.methods._registry import (
+    ACCESS,
     INVARIANCES,
     MethodError,
     MethodMeta,
+    MethodNotApplicable,
     SimilarityMethod,
     create_method,
     get_method,
@@ -35,9 +39,11 @@ from benchmarks.methods._registry import (
 )
 
 __all__ = [
+    "ACCESS",
     "INVARIANCES",
     "MethodError",
     "MethodMeta",
+    "MethodNotApplicable",
     "SimilarityMethod",
     "create_method",
     "get_method",

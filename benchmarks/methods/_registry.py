@@ -31,11 +31,19 @@ from modelset.reader import ModelSet
 from modelset.registry import Registry
 
 INVARIANCES = ("permutation", "scale", "sparsity", "architecture", "function")
+#: How a method reaches a model: its parameters only, forward passes on inputs of its own (no task
+#: data), or forward passes on task data.
+ACCESS = ("weights", "forward", "data")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 class MethodError(ModelSetError):
     """A similarity method was declared or used wrongly, or returned a malformed result."""
+
+
+class MethodNotApplicable(MethodError):
+    """A method cannot read these models (e.g. an architecture it has no layout for); the runner
+    records the method's results on the set as not applicable, with the message as the reason."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,8 @@ class MethodMeta:
 
     ``learned``: fits parameters on training-task models (then scored over several seeds).
     ``needs_data``: runs the models on input data (probe batches), not on parameters alone.
+    ``access``: one of :data:`ACCESS`; by default ``"data"`` when ``needs_data`` else
+    ``"weights"``. ``"forward"``: weights through forward passes on inputs the method makes itself.
     ``invariances``: symmetries the method claims, each one of :data:`INVARIANCES`.
     ``privileged``: uses information a real user would not have (the label oracle).
     ``control``: a sanity check rather than a contender (random, oracle): listed last on the
@@ -62,6 +72,7 @@ class MethodMeta:
     control: bool = False
     proposed: bool = False
     config: dict[str, Any] = field(default_factory=dict)
+    access: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -69,6 +80,15 @@ class MethodMeta:
         for flag in ("learned", "needs_data", "privileged", "control", "proposed"):
             if not isinstance(getattr(self, flag), bool):
                 raise MethodError(f"method {self.name!r}: {flag} must be a bool, found {getattr(self, flag)!r}")
+        if self.access == "":
+            object.__setattr__(self, "access", "data" if self.needs_data else "weights")
+        if self.access not in ACCESS:
+            raise MethodError(f"method {self.name!r}: access must be one of {ACCESS}, found {self.access!r}")
+        if self.needs_data != (self.access == "data"):
+            raise MethodError(
+                f"method {self.name!r}: needs_data={self.needs_data} contradicts access={self.access!r} "
+                "(task data is access 'data')"
+            )
         object.__setattr__(self, "invariances", tuple(self.invariances))
         bad = [i for i in self.invariances if i not in INVARIANCES]
         if bad:
