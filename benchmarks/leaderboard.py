@@ -209,9 +209,16 @@ def _best(methods: list[str], columns: list[tuple[str, str]], cells: dict, resul
     return {key for key, p in significance(methods, columns, cells, results).items() if not (p < alpha)}
 
 
+def access(meta: dict[str, Any]) -> str:
+    """How a method reaches a model: ``weights`` (parameters only), ``forward`` (its outputs on
+    inputs the method makes, no task data) or ``data`` (task data); results written before the
+    field existed say it through ``needs_data``."""
+    return str(meta.get("access") or ("data" if meta.get("needs_data") else "weights"))
+
+
 def weight_only(meta: dict[str, Any]) -> bool:
-    """A baseline that reads weights only: not a control, no task data, not a proposed method."""
-    return not _is_control(meta) and not meta.get("needs_data") and not meta.get("proposed")
+    """A baseline that reads parameters only: not a control, not a proposed method."""
+    return not _is_control(meta) and access(meta) == "weights" and not meta.get("proposed")
 
 
 def proposed_method(results: list[Result]) -> str | None:
@@ -277,6 +284,7 @@ def leaderboard_frame(results: list[Result], board: Board | None = None) -> pd.D
             "method": m,
             "learned": bool(metas[m].get("learned")),
             "needs_data": bool(metas[m].get("needs_data")),
+            "access": access(metas[m]),
             "privileged": bool(metas[m].get("privileged")),
             "control": _is_control(metas[m]),
             "folds": len({r.fold for r in results if r.method == m}),
@@ -360,16 +368,18 @@ def markdown(results: list[Result], board: Board | None = None) -> str:
         "fold and learned methods are fit on that fold's training models only. Bold: the best non-control "
         "method of the column and every method not significantly different from it (two-sided Wilcoxon "
         f"signed-rank test over tasks, p ≥ 0.05). Controls ({', '.join(controls) or 'none'}) are listed "
-        "last; † marks methods that read the task labels.",
+        "last; † marks methods that read the task labels. Access: `weights` reads parameters only, `forward` "
+        "runs the models on inputs the method makes itself (weights through forward passes, no task data), "
+        "`data` runs them on task data.",
         "",
     ]
-    header = ["method", "learned", "data"] + [_header(t, k, reliable, results) for t, k in columns]
+    header = ["method", "learned", "access"] + [_header(t, k, reliable, results) for t, k in columns]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] * 3 + ["---:"] * len(columns)) + "|")
     for m in methods:
         meta = metas[m]
         name = f"{m} †" if meta.get("privileged") else m
-        row = [name, "yes" if meta.get("learned") else "no", "yes" if meta.get("needs_data") else "no"]
+        row = [name, "yes" if meta.get("learned") else "no", access(meta)]
         for t, k in columns:
             text = cells[(m, t, k)].text()
             row.append(f"**{text}**" if (m, t, k) in best else text)
@@ -384,12 +394,12 @@ def markdown(results: list[Result], board: Board | None = None) -> str:
     failed = sorted({(r.method, r.track) for r in results if r.status == "failed"})
     if failed:
         lines += ["", "Failed (re-run `python -m benchmarks run` to retry): " + ", ".join(f"{m}/{t}" for m, t in failed)]
-    lines += ["", "## Methods", "", "| method | learned | needs data | invariances | reference | fit s (mean) |", "|---|---|---|---|---|---:|"]
+    lines += ["", "## Methods", "", "| method | learned | access | invariances | reference | fit s (mean) |", "|---|---|---|---|---|---:|"]
     for m in methods:
         meta = metas[m]
         fits = [r.timing.get("fit_seconds", 0.0) for r in results if r.method == m]
         lines.append(
-            f"| {m} | {'yes' if meta.get('learned') else 'no'} | {'yes' if meta.get('needs_data') else 'no'} | "
+            f"| {m} | {'yes' if meta.get('learned') else 'no'} | {access(meta)} | "
             f"{', '.join(meta.get('invariances', [])) or '—'} | {meta.get('reference', '')} | {np.mean(fits) if fits else 0:.1f} |"
         )
     for track, frame in _details(results).items():
@@ -456,7 +466,7 @@ def html_page(results: list[Result], board: Board | None = None) -> str:
         "Bold: the best non-control method and every method not significantly different from it "
         "(two-sided Wilcoxon signed-rank test over tasks, p ≥ 0.05); controls (grey) are listed last. "
         "† reads the task labels.</p>",
-        "<h2>Main table</h2><table><tr><th>method</th><th>learned</th><th>data</th>",
+        "<h2>Main table</h2><table><tr><th>method</th><th>learned</th><th>access</th>",
     ]
     parts += [f"<th>{esc(_header(t, k, reliable, results))}</th>" for t, k in columns]
     parts.append("</tr>")
@@ -464,7 +474,7 @@ def html_page(results: list[Result], board: Board | None = None) -> str:
         meta = metas[m]
         cls = " class='control'" if _is_control(meta) else ""
         parts.append(f"<tr{cls}><td>{esc(m)}{' †' if meta.get('privileged') else ''}</td>"
-                     f"<td>{'yes' if meta.get('learned') else 'no'}</td><td>{'yes' if meta.get('needs_data') else 'no'}</td>")
+                     f"<td>{'yes' if meta.get('learned') else 'no'}</td><td>{esc(access(meta))}</td>")
         for t, k in columns:
             klass = "num best" if (m, t, k) in best else "num"
             parts.append(f"<td class='{klass}'>{esc(cells[(m, t, k)].text())}</td>")
@@ -480,11 +490,11 @@ def html_page(results: list[Result], board: Board | None = None) -> str:
     for title, caption, png in figures(results):
         parts.append(f"<h2>{esc(title)}</h2><figure><img alt='{esc(title)}' src='data:image/png;base64,{png}'>"
                      f"<figcaption>{esc(caption)}</figcaption></figure>")
-    parts.append("<h2>Methods</h2><table><tr><th>method</th><th>learned</th><th>needs data</th><th>invariances</th><th>reference</th></tr>")
+    parts.append("<h2>Methods</h2><table><tr><th>method</th><th>learned</th><th>access</th><th>invariances</th><th>reference</th></tr>")
     for m in methods:
         meta = metas[m]
         parts.append(f"<tr><td>{esc(m)}</td><td>{'yes' if meta.get('learned') else 'no'}</td>"
-                     f"<td>{'yes' if meta.get('needs_data') else 'no'}</td><td>{esc(', '.join(meta.get('invariances', [])) or '—')}</td>"
+                     f"<td>{esc(access(meta))}</td><td>{esc(', '.join(meta.get('invariances', [])) or '—')}</td>"
                      f"<td>{esc(meta.get('reference', ''))}</td></tr>")
     parts.append("</table>")
     for track, frame in _details(results).items():

@@ -103,3 +103,17 @@ def test_unknown_figure_kind_is_named(toy_track, tmp_path: Path) -> None:
             leaderboard.figures(load_results(tmp_path))
     finally:
         unregister_track("toy_bad")
+
+
+def test_access_column_and_weight_only_baselines() -> None:
+    """The board says how each method reaches a model; only parameter readers are weight-only
+    baselines, and results written before ``access`` existed read it from ``needs_data``."""
+    from benchmarks import leaderboard
+
+    assert leaderboard.access({"needs_data": True}) == "data"
+    assert leaderboard.access({"needs_data": False}) == "weights"
+    assert leaderboard.access({"access": "forward", "needs_data": False}) == "forward"
+    assert leaderboard.weight_only({"access": "weights"})
+    assert not leaderboard.weight_only({"access": "forward"})
+    assert not leaderboard.weight_only({"access": "weights", "proposed": True})
+    assert not leaderboard.weight_only({"access": "weights", "control": True})
