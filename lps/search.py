@@ -375,7 +375,7 @@ def search_zoo(
         {
             "model_id": [ids[i] for i in order],
             "task": rows["task"].astype(str).to_numpy(),
-            "score": scores[order],
+            "score": scores[order].astype("float64"),
             "architecture": rows["architecture"].astype(str).to_numpy(),
             "variant": rows["variant"].astype(str).to_numpy(),
             "test_accuracy": pd.to_numeric(accuracy, errors="coerce").to_numpy(),
