@@ -294,6 +294,7 @@ def command_line() -> CommandLine:
     out.add_argument("--json", action="store_true", help="print the hits as JSON")
     out.add_argument("--csv", action="store_true", help="print the hits as CSV")
     add_runtime(s)
+    _one_thread(s)
     v = cli.commands.add(
         "serve", "keep the LPS and the zoo index loaded and answer `search` for this set in well under a second",
         cmd_serve)
@@ -305,7 +306,18 @@ def command_line() -> CommandLine:
                    help="exit after this many minutes without a request (default 30)")
     v.add_argument("--stop", action="store_true", help="stop the service running for this set instead")
     add_runtime(v)
+    _one_thread(v)
     return cli
+
+
+def _one_thread(parser: argparse.ArgumentParser) -> None:
+    # A query's tensors are tiny: on a busy machine two threads made one query 15x slower (they
+    # wait on each other), so search and serve default to one.
+    parser.set_defaults(threads=1)
+    for action in parser._actions:
+        if action.dest == "threads":
+            action.help = ("CPU threads for torch (default 1: a query's tensors are small, and more threads "
+                           "mostly wait on each other; more help when a stale zoo index is rebuilt)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

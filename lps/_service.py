@@ -180,9 +180,18 @@ class Service:
         from lps.search import ZooSearch
 
         self.session = ZooSearch.load(zoo, lps)
+        self.warm()
         self.zoo = Path(zoo).resolve()
         self.lps = self.session.folder.resolve()
         self.stopping = False
+
+    def warm(self) -> None:
+        """Build every zoo signature's shapes once: the first build of some (NSL layers on the meta
+        device) imports parts of torch for seconds, which the first query would otherwise pay."""
+        from modelset.shards import expected_shapes
+
+        for arch, kwargs, _ in self.session.index.architectures().itertuples(index=False):
+            expected_shapes(str(arch), str(kwargs))
 
     def handle(self, data: bytes) -> dict[str, Any]:
         """The reply to one request's bytes (never raises for bad input)."""
@@ -227,6 +236,7 @@ class Service:
         if changed:
             log.warning("%s changed since loading: reloading", changed)
             self.session = ZooSearch.load(self.zoo, self.lps)
+            self.warm()
         queries = answer(self.session, [(Path(p), None) for p in paths], k=k, **filters)
         return {"ok": True, "zoo": str(self.session.zoo), "lps": str(self.session.folder),
                 "name": str(self.session.index.name), "queries": queries}  # fmt: skip
