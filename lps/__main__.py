@@ -118,6 +118,10 @@ def try_service(args: argparse.Namespace) -> None:
         log.info("no search service for %s: searching in this process (start one with `%s serve --zoo %s` for "
                  "sub-second answers)", args.zoo, prog_name("lps", "modelset-lps"), args.zoo)
         return
+    # Printed as an in-process search prints them: the paths as given, not as the service saw them.
+    reply.update(zoo=str(Path(args.zoo)), lps=str(folder))
+    for query, path in zip(reply["queries"], paths):
+        query["checkpoint"] = str(path)
     args.func = lambda a: render(reply, a)
     del args.threads  # nothing is computed here: no torch thread count to apply
 

@@ -243,8 +243,7 @@ class Service:
 
     def run(self, path: Path, idle_minutes: float = 30.0, ready: Any = None) -> None:
         """Listen on ``path`` until stopped or idle for ``idle_minutes``; the socket is removed after."""
-        if path.parent != runtime_dir():
-            path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)  # the default folder is made private by default_socket
         if _own_socket(path):
             if request(path, {"op": "ping"}, timeout=10.0) is not None:
                 raise ModelSetError(f"{path}: a search service already answers there; stop it with `serve --stop`")

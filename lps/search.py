@@ -180,14 +180,31 @@ def _head_kwargs(state: Mapping[str, Any], zoo_kwargs: dict[str, Any]) -> dict[s
 SHAPE_KWARGS = {"cnn3": _cnn3_kwargs}
 
 
+def _without_defaults(architecture: str, kwargs: str) -> str:
+    """Canonical kwargs without the values the architecture's factory takes by default."""
+    import inspect
+    import json
+
+    from modelset.architectures import canonical_kwargs
+    from modelset.architectures._registry import _ARCHITECTURES
+
+    params = inspect.signature(_ARCHITECTURES.get(architecture).factory).parameters.values()
+    defaults = {p.name: list(p.default) if isinstance(p.default, tuple) else p.default for p in params}
+    given = json.loads(kwargs)
+    return canonical_kwargs({k: v for k, v in given.items() if k not in defaults or defaults[k] != v})
+
+
 def match_signature(zoo, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> Signature:
     """The signature of ``state`` among the architectures of ``zoo`` (a ``ModelSet`` or ``ZooIndex``).
 
-    Shapes the zoo has exactly win (the signature with most models first); else the first zoo
-    signature whose architecture, with widths, depth and class count read from ``state``'s shapes,
-    has exactly ``state``'s keys and shapes. Raises ``InvalidParametersError`` naming the closest
+    Zoo signatures are tried most models first: one with exactly ``state``'s keys and shapes, or
+    with its keys at other sizes, whose widths and class count are then read from ``state``'s shapes
+    (a reading that is itself a zoo signature is that one); failing both, any whose architecture,
+    read from the shapes, fits ``state`` (another depth). Raises ``InvalidParametersError`` naming the closest
     zoo signature and how ``state`` differs from it.
     """
+    import json
+
     from modelset.architectures import canonical_kwargs
     from modelset.errors import SchemaError
     from modelset.shards import expected_shapes
@@ -195,11 +212,33 @@ def match_signature(zoo, state: Mapping[str, torch.Tensor], source: str = "check
     found = {k: tuple(v.shape) for k, v in state.items()}
     signatures = zoo.architectures().sort_values("models", ascending=False)
     rows = [(str(a), str(k)) for a, k, _ in signatures.itertuples(index=False)]
+    # A reading equal to a zoo signature up to default values (a 2-class cnn3 of default widths) is it.
+    in_zoo: dict[tuple[str, str], str] = {}
+    for arch, kwargs in rows:
+        in_zoo.setdefault((arch, _without_defaults(arch, kwargs)), kwargs)
+
+    def inferred(arch: str, kwargs: str) -> Signature | None:
+        guess = SHAPE_KWARGS.get(arch, _head_kwargs)(state, json.loads(kwargs))
+        if guess is None:
+            return None
+        try:
+            candidate = canonical_kwargs(guess)
+            if expected_shapes(arch, candidate) != found:
+                return None
+        except (SchemaError, ValueError, TypeError):
+            return None
+        known = in_zoo.get((arch, _without_defaults(arch, candidate)))
+        return Signature(arch, known, known) if known is not None else Signature(arch, candidate, kwargs)
+
     best: tuple[int, str] | None = None
     for arch, kwargs in rows:
         expected = expected_shapes(arch, kwargs)
         if expected == found:
             return Signature(arch, kwargs, kwargs)
+        if set(expected) == set(found):  # the same tensors at other sizes: read the sizes
+            signature = inferred(arch, kwargs)
+            if signature is not None:
+                return signature
         missing = sorted(set(expected) - set(found))
         extra = sorted(set(found) - set(expected))
         shapes = [
@@ -214,19 +253,10 @@ def match_signature(zoo, state: Mapping[str, torch.Tensor], source: str = "check
         )
         if best is None or cost < best[0]:
             best = (cost, detail)
-    import json
-
-    for arch, kwargs in rows:
-        infer = SHAPE_KWARGS.get(arch, _head_kwargs)
-        guess = infer(state, json.loads(kwargs))
-        if guess is None:
-            continue
-        try:
-            candidate = canonical_kwargs(guess)
-            if expected_shapes(arch, candidate) == found:
-                return Signature(arch, candidate, kwargs)
-        except (SchemaError, ValueError, TypeError):
-            continue
+    for arch, kwargs in rows:  # other tensors (another depth): read every signature's sizes
+        signature = inferred(arch, kwargs)
+        if signature is not None:
+            return signature
     known = ", ".join(f"{a} {k}" for a, k in rows[:5])
     raise InvalidParametersError(
         f"{source}: its architecture is not one the zoo at {zoo.root} knows ({len(found)} tensors); "

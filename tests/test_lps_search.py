@@ -53,6 +53,17 @@ def test_the_lps_config_name_without_torch_is_the_models() -> None:
     assert LPS_CONFIG == CONFIG_FILE
 
 
+def test_every_zoo_model_is_read_as_a_signature_of_the_zoo(mini_set) -> None:
+    from modelset.shards import expected_shapes
+
+    signatures = set(map(tuple, mini_set.architectures()[["architecture", "arch_kwargs"]].to_numpy()))
+    for mid in mini_set.metadata.index:
+        state = mini_set.state_dict(mid)
+        signature = match_signature(mini_set, state)
+        assert signature.exact and (signature.architecture, signature.arch_kwargs) in signatures
+        assert expected_shapes(signature.architecture, signature.arch_kwargs) == {k: tuple(v.shape) for k, v in state.items()}
+
+
 def test_python_search_equals_the_command_line_json(searchable, tmp_path, capsys) -> None:
     ms, folder = searchable
     mid = _base(ms)
@@ -89,6 +100,11 @@ def test_other_widths_and_class_counts_are_searched(searchable, tmp_path) -> Non
     hits = lps.search(three, ms.root, lps=folder, k=5)
     assert len(hits) == 5 and hits["score"].is_monotonic_decreasing
     assert any("head.map" in note and "compared without" in note for note in hits.attrs["notes"])
+    # Another depth: a fourth convolution, its features unknown to the LPS, the rest compared.
+    torch.manual_seed(0)
+    deep = build_architecture("cnn3", {"channels": [16] * 4, "num_classes": 5, "strides": [2, 2, 2, 2]}).state_dict()
+    assert json.loads(match_signature(ms, deep).arch_kwargs)["strides"] == [2, 2, 2, 2]
+    assert len(lps.search(deep, ms.root, lps=folder, k=3)) == 3
     # A 32-channel, 3-class cnn3 written to a file goes through the command line.
     torch.manual_seed(0)
     net = build_architecture("cnn3", {"channels": [32, 32, 32], "num_classes": 3, "strides": [2, 2, 2]})

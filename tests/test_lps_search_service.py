@@ -59,7 +59,7 @@ def _search(ms, folder, sock, query, *extra: str) -> list[str]:
     return ["search", str(query), "--zoo", str(ms.root), "--lps", str(folder), "--socket", str(sock), "-k", "4", *extra]
 
 
-def test_the_service_answers_as_the_process_does(served, tmp_path, capsys) -> None:
+def test_the_service_answers_as_the_process_does(served, tmp_path, capsys, monkeypatch) -> None:
     ms, folder, sock, _ = served
     query = _query(ms, tmp_path)
     for fmt in ("--json", "--csv", None):
@@ -70,6 +70,12 @@ def test_the_service_answers_as_the_process_does(served, tmp_path, capsys) -> No
         assert through_service == capsys.readouterr().out
     assert main(_search(ms, folder, sock, query, "--json")) == 0
     assert json.loads(capsys.readouterr().out)["hits"][0]["model_id"] == ms.metadata.index[2]
+    # Relative paths are the client's, and printed as given.
+    monkeypatch.chdir(tmp_path)
+    assert main(_search(ms, folder, sock, Path(query.name))) == 0
+    through_service = capsys.readouterr().out
+    assert main(_search(ms, folder, sock, Path(query.name), "--no-service")) == 0
+    assert through_service == capsys.readouterr().out and f"to {query.name} (LPS" in through_service
     # The client imports neither torch nor pandas.
     code = ("import sys, lps.__main__ as m; s = m.main(sys.argv[1:]); "
             "assert 'torch' not in sys.modules and 'pandas' not in sys.modules, 'heavy import'; sys.exit(s)")  # fmt: skip
