@@ -131,7 +131,13 @@ def search_via_service(
 ) -> dict[str, Any] | None:
     """The service's answer to a search, or None when no service for this set and LPS runs (the
     caller then searches in its own process). Raises ``ModelSetError`` for an error reply."""
-    path = Path(socket_path) if socket_path is not None else default_socket(zoo)
+    try:
+        path = Path(socket_path) if socket_path is not None else default_socket(zoo)
+        if not _own_socket(path):
+            return None
+    except ModelSetError as exc:  # a folder or socket that is not this user's alone: not used
+        log.warning("%s; searching in this process", exc)
+        return None
     message = {"op": "search", "zoo": str(Path(zoo).resolve()), "lps": str(Path(lps).resolve()),
                "checkpoints": [str(Path(p).resolve()) for p in checkpoints], "k": int(k), "filters": dict(filters)}  # fmt: skip
     reply = request(path, message)

@@ -148,3 +148,6 @@ def test_the_socket_folder_is_private(tmp_path, monkeypatch) -> None:
     (tmp_path / "plain").write_text("")
     with pytest.raises(_service.ModelSetError, match="is not a socket"):
         _service.request(tmp_path / "plain", {"op": "ping"})
+    # A search does not use a folder or socket it refuses: it runs in its own process.
+    assert _service.search_via_service(tmp_path / "zoo", tmp_path, [tmp_path / "q.pt"], 3, {}) is None
+    assert _service.search_via_service(tmp_path / "zoo", tmp_path, [tmp_path / "q.pt"], 3, {}, tmp_path / "plain") is None
