@@ -151,3 +151,15 @@ def test_the_socket_folder_is_private(tmp_path, monkeypatch) -> None:
     # A search does not use a folder or socket it refuses: it runs in its own process.
     assert _service.search_via_service(tmp_path / "zoo", tmp_path, [tmp_path / "q.pt"], 3, {}) is None
     assert _service.search_via_service(tmp_path / "zoo", tmp_path, [tmp_path / "q.pt"], 3, {}, tmp_path / "plain") is None
+
+
+def test_idle_exit_and_one_service_per_socket(served, tmp_path) -> None:
+    ms, folder, sock, _ = served
+    service = _service.Service(ms.root, folder)
+    with pytest.raises(_service.ModelSetError, match="already answers there"):
+        service.run(sock)
+    # Idle for its idle time (here 1 s, the least): it exits and removes its socket.
+    mine = tmp_path / "idle.sock"
+    started = time.monotonic()
+    service.run(mine, idle_minutes=0.0, ready=lambda path: path.exists() or pytest.fail("no socket"))
+    assert 0.9 < time.monotonic() - started < 30 and not mine.exists()
