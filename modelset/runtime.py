@@ -11,8 +11,10 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where used: a command that only talks to a service never needs it
+    import torch
 
 
 def _default_threads() -> int:
@@ -53,6 +55,8 @@ class Runtime:
 
     @property
     def torch_device(self) -> torch.device:
+        import torch
+
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
@@ -63,6 +67,8 @@ class Runtime:
 
     def apply(self) -> Runtime:
         """Set torch's intra-op thread count for this process (call once, at the entry point)."""
+        import torch
+
         torch.set_num_threads(self.n_threads)
         return self
 
@@ -72,6 +78,8 @@ class Runtime:
         """Within the block, torch in *this* thread uses ``threads`` threads (OpenMP's count is
         per thread); restored after. Parallel workers run their share under it so that
         ``workers`` stacks side by side do not oversubscribe the cores."""
+        import torch
+
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:

@@ -37,11 +37,11 @@ SET_COMMANDS = {
     "modelset": {"info", "verify", "pack", "fetch", "export", "import"},
     "builders": {"build", "variants tables"},
     "builders.variants": {"tables"},
-    "lps": {"train", "calibrate", "index", "search"},
+    "lps": {"train", "calibrate", "index", "search", "serve"},
     "benchmarks": {"run"},
 }
 #: Commands that compute (and so take --threads).
-THREADED = {"lps": {"train", "calibrate", "index", "search"}, "benchmarks": {"run"}}
+THREADED = {"lps": {"train", "calibrate", "index", "search", "serve"}, "benchmarks": {"run"}}
 
 
 def _commands(parser: argparse.ArgumentParser, path: str = "") -> Iterator[tuple[str, argparse.ArgumentParser]]:

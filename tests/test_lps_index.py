@@ -15,6 +15,7 @@ import lps
 import modelset
 from lps.__main__ import main
 from lps.index import INDEX_TABLE, INDEX_TENSORS, KEY_COLUMNS, load_index, read_index
+from lps.search import search_zoo
 from modelset.errors import ModelSetError
 from modelset.synthetic import write_synthetic
 
@@ -98,8 +99,8 @@ def test_index_hits_equal_a_fresh_search(zoo, scorer, folder) -> None:
     for position in (0, 17, 40):
         state = zoo.state_dict(table.index[position])
         for filters in ({}, {"architecture": "cnn3", "min_accuracy": 0.2}, {"task": str(table["task"].iloc[3])}):
-            fresh = lps.search(scorer, zoo, state, k=7, **filters)
-            saved = lps.search(scorer, index, state, k=7, **filters)
+            fresh = search_zoo(scorer, zoo, state, k=7, **filters)
+            saved = search_zoo(scorer, index, state, k=7, **filters)
             assert list(saved["model_id"]) == list(fresh["model_id"])
             assert torch.allclose(torch.tensor(saved["score"].to_numpy()), torch.tensor(fresh["score"].to_numpy()), atol=1e-6)
             assert saved.drop(columns="score").equals(fresh.drop(columns="score"))
