@@ -99,8 +99,8 @@ class DeepSets(SimilarityMethod):
         config={"hidden": 32, "dim": 32, "steps": 150, "lr": 3e-3, "batch_size": 64},
     )
 
-    def _sets(self, ms: ModelSet, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        return _pad_batch([neuron_sets(s, self.n_layers) for s in load_states(ms, ids)])
+    def _sets(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> tuple[torch.Tensor, torch.Tensor]:
+        return _pad_batch([neuron_sets(s, self.n_layers) for s in load_states(ms, ids, checkpoint)])
 
     def _fit(self, ms: ModelSet, train_ids: list[str], seed: int) -> None:
         self.n_layers = max_layers(ms)
@@ -114,10 +114,10 @@ class DeepSets(SimilarityMethod):
             int(c["steps"]), float(c["lr"]), int(c["batch_size"]), seed,
         )
 
-    def _embed(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
+    def _embed(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> torch.Tensor:
         out = []
         with torch.no_grad():
             for start in range(0, len(ids), 256):
-                feats, mask = self._sets(ms, ids[start : start + 256])
+                feats, mask = self._sets(ms, ids[start : start + 256], checkpoint)
                 out.append(self.encoder(feats, mask))
         return torch.cat(out)

@@ -30,10 +30,10 @@ class FlatCosine(SimilarityMethod):
     def _fit(self, ms: ModelSet, train_ids: list[str], seed: int) -> None:
         self.width = max_flat_size(ms)
 
-    def _embed(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
+    def _embed(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> torch.Tensor:
         width = self.width
         out = torch.zeros(len(ids), width)
-        for row, state in enumerate(load_states(ms, ids)):
+        for row, state in enumerate(load_states(ms, ids, checkpoint)):
             flat = torch.cat([state[k].reshape(-1).float() for k in sorted(state, key=_natural_key)])
             out[row, : min(width, flat.numel())] = flat[:width]
         return out

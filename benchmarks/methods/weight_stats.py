@@ -51,9 +51,9 @@ class WeightStats(SimilarityMethod):
         description="per-layer mean, variance, quantiles; cosine",
     )
 
-    def features(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
+    def features(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> torch.Tensor:
         """Raw statistics ``(len(ids), n_layers * 14)``."""
-        return torch.stack([weight_statistics(s, self.n_layers) for s in load_states(ms, ids)])
+        return torch.stack([weight_statistics(s, self.n_layers) for s in load_states(ms, ids, checkpoint)])
 
     def _fit(self, ms: ModelSet, train_ids: list[str], seed: int) -> None:
         self.n_layers = max_layers(ms)
@@ -62,5 +62,5 @@ class WeightStats(SimilarityMethod):
         # Constant features (empty slots) get unit scale so they stay zero instead of dividing by 0.
         self.std = train.std(dim=0).clamp_min(1e-8).where(train.std(dim=0) > 1e-8, torch.ones(1))
 
-    def _embed(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
-        return (self.features(ms, ids) - self.mean) / self.std
+    def _embed(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> torch.Tensor:
+        return (self.features(ms, ids, checkpoint) - self.mean) / self.std
