@@ -207,6 +207,26 @@ def test_malformed_checkpoint_metrics_are_refused_by_model_and_column(tmp_path: 
     assert "model 'm0'" in str(info.value) and "checkpoint_metrics" in str(info.value)
 
 
+# -- the two metrics the tracks add ---------------------------------------------------------------
+def test_pairwise_order_accuracy_counts_pairs_and_half_ties() -> None:
+    from itertools import combinations
+
+    from benchmarks import metrics
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        truth, predicted = rng.integers(0, 4, 7).astype(float), rng.integers(0, 3, 7).astype(float)
+        pairs = [(i, j) for i, j in combinations(range(7), 2) if truth[i] != truth[j]]
+        if not pairs:
+            continue
+        right = [1.0 if (predicted[j] - predicted[i]) * (truth[j] - truth[i]) > 0 else
+                 0.5 if predicted[i] == predicted[j] else 0.0 for i, j in pairs]  # fmt: skip
+        assert metrics.pairwise_order_accuracy(truth, predicted) == pytest.approx(np.mean(right))
+    assert metrics.pairwise_order_accuracy([0, 1, 2], [5, 5, 5]) == 0.5
+    assert math.isnan(metrics.pairwise_order_accuracy([1, 1], [0, 1]))
+    assert metrics.r2([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == 1.0 and math.isnan(metrics.r2([2.0, 2.0], [1.0, 3.0]))
+
+
 # -- the checkpoint parameter of the method interface -------------------------------------------
 def test_methods_embed_any_named_checkpoint(zoo: modelset.ModelSet) -> None:
     ids = ["t0-base-1", "t3-base-2"]
