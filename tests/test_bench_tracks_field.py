@@ -37,7 +37,8 @@ def write_trajectory_set(path: Path, *, optimizers: tuple[str, ...] = ("sgd", "a
                          trajectories: bool = True) -> modelset.ModelSet:  # fmt: skip
     """``N_TASKS`` tasks × ``PER_TASK`` base runs of 2-4 epochs, each with checkpoints ``init``,
     ``epoch_{e}``, ``final`` and their figures in ``checkpoint_metrics`` (when ``trajectories``),
-    and (when ``variants``) one pruned twin per run with its final checkpoint only. The last run of
+    and (when ``variants``) one pruned twin per run that starts (``init``) from the run's final weights,
+    with no figures of its own but the table's ``test_accuracy``. The last run of
     each task is of the held-out recipe family "outside"; 3 task folds."""
     gen = torch.Generator().manual_seed(0)
     rng = np.random.default_rng(0)
@@ -74,7 +75,9 @@ def write_trajectory_set(path: Path, *, optimizers: tuple[str, ...] = ("sgd", "a
                 pruned["head.weight"][:, ::2] = 0.0
                 vrow = {k: v for k, v in row.items() if k != "checkpoint_metrics"}
                 vrow |= {"variant": "pruned", "parent_id": base_id, "test_accuracy": round(0.9 * row["test_accuracy"], 4)}
-                records.append(ModelRecord(f"{base_id}-pruned", "cnn3", KWARGS, {"final": pruned}, vrow))
+                # As STR and magnitude pruning do, the variant starts from its parent's trained weights.
+                twin = {"init": states["final"], "final": pruned}
+                records.append(ModelRecord(f"{base_id}-pruned", "cnn3", KWARGS, twin, vrow))
     with ModelSetWriter.open(path, name="field-tracks-test", config={}) as w:
         w.write_shard(records)
         w.set_tasks(pd.DataFrame({"dataset": "synthetic", "classes": [[0, 1, 2]] * N_TASKS},
@@ -364,6 +367,8 @@ def test_lineage_finds_every_parent_when_the_embedding_encodes_it(zoo: modelset.
         assert m["order_accuracy"] == 0.5
         _check_units(outcome, ("rank1", "map", "order_accuracy"))
     truth = _score(Truth(), "lineage", zoo)  # the epoch is in the embedding: every pair in order
+    # Runs are the 12 held-out base models; a variant's "init" (its parent's final weights) is no
+    # start of training.
     assert truth.metrics["order_accuracy"] == 1.0 and truth.metrics["n_runs"] == 12
 
 

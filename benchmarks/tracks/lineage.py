@@ -7,8 +7,8 @@ MoTHer): where a model came from, from its weights.
   descends from. Rank-1 and mAP (scikit-learn average precision per query). No held-out-task
   model, variant or parent, was fit on; variants of held-out recipe families are never fit on
   either (they are outside the split's ``train_ids``).
-- **Order.** For the checkpoints of one training run (``init``, ``epoch_{e}``, ``final``), which is
-  later. The shared learner (:mod:`benchmarks.tracks._predict`) is fit to the epoch of every
+- **Order.** For the checkpoints of one training run of a base model (``init``, ``epoch_{e}``,
+  ``final``), which is later. The shared learner (:mod:`benchmarks.tracks._predict`) is fit to the epoch of every
   checkpoint of the training models' runs and predicts the epoch of the held-out runs'
   checkpoints; a run is scored by the fraction of its checkpoint pairs in the right order (a tie
   counts one half). The same learner for every method, so no method's similarity scale matters.
@@ -88,9 +88,14 @@ def checkpoint_epochs(ms: ModelSet, ids: list[str] | tuple[str, ...]) -> pd.Data
 
 
 def runs(ms: ModelSet, ids: list[str] | tuple[str, ...]) -> pd.DataFrame:
-    """The checkpoints (see :func:`checkpoint_epochs`) of the models among ``ids`` with at least
-    two checkpoints of different epochs: the runs whose order can be scored."""
-    table = checkpoint_epochs(ms, ids)
+    """The checkpoints (see :func:`checkpoint_epochs`) of the base models among ``ids`` with at
+    least two checkpoints of different epochs: the runs whose order can be scored.
+
+    Variants are left out: a fine-tuned variant's ``init`` is its parent's trained weights (STR
+    and magnitude pruning start there), so its epoch 0 would contradict the parent's final epoch.
+    """
+    base = _is_base(ms)
+    table = checkpoint_epochs(ms, [m for m in ids if base[str(m)]])
     spread = table.groupby("model_id")["epoch"].transform("nunique")
     return table[spread >= 2].reset_index(drop=True)
 
