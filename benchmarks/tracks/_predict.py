@@ -36,6 +36,8 @@ PROTOCOL: dict[str, Any] = {
     "max_components": 64, "kernel_alpha": 1.0,
 }  # fmt: skip
 _BOOSTING_KEYS = ("max_iter", "learning_rate", "max_leaf_nodes", "min_samples_leaf")
+#: Training items a PCA is fit on (a seeded sample when there are more).
+MAX_PCA_ROWS = 1000
 
 
 def checkpoint_reason(method: SimilarityMethod, items: Sequence[Item], what: str) -> str:
@@ -56,12 +58,12 @@ def _by_checkpoint(items: Sequence[Item]) -> dict[str, list[int]]:
 
 
 def embeddings(method: SimilarityMethod, ms: ModelSet, items: Sequence[Item]) -> np.ndarray:
-    """The method's embeddings ``(len(items), d)`` float64, one ``embed`` call per checkpoint name."""
+    """The method's embeddings ``(len(items), d)`` float32, one ``embed`` call per checkpoint name."""
     out: np.ndarray | None = None
     for checkpoint, positions in _by_checkpoint(items).items():
-        emb = method.embed(ms, [items[p][0] for p in positions], checkpoint).numpy().astype(np.float64)
+        emb = method.embed(ms, [items[p][0] for p in positions], checkpoint).numpy()
         if out is None:
-            out = np.zeros((len(items), emb.shape[1]))
+            out = np.zeros((len(items), emb.shape[1]), dtype=np.float32)
         out[positions] = emb
     if out is None:
         raise ValueError("embeddings: no items given")
@@ -109,9 +111,12 @@ class Learner:
             from sklearn.decomposition import PCA
             from sklearn.preprocessing import StandardScaler
 
+            # Fit on at most MAX_PCA_ROWS training items, so the cost does not grow with the
+            # number of checkpoints a set keeps.
+            rows = np.random.default_rng(self.seed).permutation(len(train))[:MAX_PCA_ROWS]
             with threadpool_limits(limits=1):
-                scaler = StandardScaler().fit(x_train)
-                pca = PCA(n_components=min(width, len(train)), random_state=self.seed).fit(scaler.transform(x_train))
+                scaler = StandardScaler().fit(x_train[rows])
+                pca = PCA(n_components=min(width, len(rows)), random_state=self.seed).fit(scaler.transform(x_train[rows]))
                 x_train, x_test = pca.transform(scaler.transform(x_train)), pca.transform(scaler.transform(x_test))
         return x_train, x_test
 
