@@ -321,6 +321,7 @@ def test_hyperparameters_are_recovered_when_the_embedding_holds_them(zoo: models
         m = outcome.metrics
         assert outcome.status == "ok" and outcome.curves["skipped"] == {}
         assert m["optimizer_accuracy"] == 1.0 and m["optimizer_majority_accuracy"] == pytest.approx(0.5)
+        assert m["optimizer_ceiling"] == 1.0  # every held-out optimizer is seen in training
         assert m["epochs_kendall_tau"] == 1.0 and m["epochs_r2"] == pytest.approx(1.0)
         # Boosting on 16 training models resolves a continuous target coarsely: measured τ 0.67-0.93
         # within tasks (6 held-out models a task: one swapped pair costs 0.13) and R² ≥ 0.88.

@@ -126,6 +126,10 @@ class HyperparameterPrediction(Track):
                 # The majority optimizer of the training models: what a method gets from the prior alone.
                 majority = pd.Series(y_train.to_numpy()[fit_rows]).value_counts().index[0]
                 found[f"{target}_majority_accuracy"] = metrics.accuracy(np.full(len(truth), majority), truth.astype(str))
+                # Classes no training model has (e.g. an optimizer only a held-out recipe family uses)
+                # cannot be predicted by any method: the reachable maximum.
+                seen = set(y_train.to_numpy()[fit_rows].astype(str))
+                found[f"{target}_ceiling"] = float(np.mean([t in seen for t in truth.astype(str)]))
             else:
                 predicted = learner.regress(fit_items, y_train.to_numpy(dtype=float)[fit_rows], test_items)
                 truth = truth.astype(float)
