@@ -135,6 +135,32 @@ def kendall_tau(a: np.ndarray | Sequence, b: np.ndarray | Sequence) -> float:
     return float(stats.kendalltau(x, y).statistic)
 
 
+def r2(truth: np.ndarray | Sequence, predicted: np.ndarray | Sequence) -> float:
+    """Coefficient of determination R² of ``predicted`` for ``truth`` (scikit-learn); NaN when
+    ``truth`` is constant or shorter than 2 (R² is undefined without variance)."""
+    t, p = _as_1d(truth, "truth"), _as_1d(predicted, "predicted")
+    if t.size != p.size:
+        raise ValueError(f"r2: lengths differ ({t.size} vs {p.size})")
+    if t.size < 2 or np.ptp(t) == 0:
+        return float("nan")
+    return float(skm.r2_score(t, p))
+
+
+def pairwise_order_accuracy(truth: np.ndarray | Sequence, predicted: np.ndarray | Sequence) -> float:
+    """Fraction of pairs with different ``truth`` whose ``predicted`` values are in the same order,
+    a tie in ``predicted`` counting one half: ``(1 + D) / 2`` with ``D`` Somers' D of the
+    prediction given the truth (scipy). A constant prediction lands exactly at 0.5. NaN when no
+    pair differs in ``truth``."""
+    t, p = _as_1d(truth, "truth"), _as_1d(predicted, "predicted")
+    if t.size != p.size:
+        raise ValueError(f"pairwise_order_accuracy: lengths differ ({t.size} vs {p.size})")
+    if t.size < 2 or np.ptp(t) == 0:
+        return float("nan")
+    if np.ptp(p) == 0:
+        return 0.5
+    return float((1.0 + stats.somersd(t, p).statistic) / 2.0)
+
+
 def nanmean(values: np.ndarray | Sequence[float | None]) -> float:
     """Mean of the finite values (None and NaN skipped); NaN when there is none."""
     arr = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)

@@ -179,6 +179,31 @@ class ModelSet:
             raise SchemaError(f"{path}: not UTF-8 text ({exc})") from exc
         return parse_folds(text, self.metadata, str(path))
 
+    @cached_property
+    def checkpoint_table(self) -> pd.DataFrame:
+        """One row per named checkpoint of a training trajectory: ``model_id``, ``checkpoint``,
+        ``epoch``, ``step``, ``test_accuracy``, ``train_loss`` (NaN when not recorded), decoded
+        from the model table's ``checkpoint_metrics`` column (JSON text per model:
+        ``{checkpoint: {"epoch", "step", "test_accuracy", "train_loss"}}``; models without it
+        have no rows). Empty when the set has no such column. Rows follow the model table, then
+        epoch and step. Raises ``SchemaError`` naming the model for a malformed entry."""
+        columns = ["model_id", "checkpoint", "epoch", "step", "test_accuracy", "train_loss"]
+        rows: list[tuple[str, str, int, int, float, float]] = []
+        if "checkpoint_metrics" in self.metadata.columns:
+            for model_id, value, names in zip(
+                self.metadata.index, self.metadata["checkpoint_metrics"], self.metadata["checkpoints"]
+            ):
+                if value is None or (isinstance(value, float) and np.isnan(value)) or value == "":
+                    continue
+                rows += _checkpoint_rows(str(model_id), value, str(names).split(","), self.root / MODELS_FILE)
+        table = pd.DataFrame(rows, columns=columns).astype(
+            {"model_id": str, "checkpoint": str, "epoch": "int64", "step": "int64",
+             "test_accuracy": "float64", "train_loss": "float64"}
+        )  # fmt: skip
+        order = {m: i for i, m in enumerate(self.metadata.index)}
+        table["_order"] = table["model_id"].map(order)
+        return table.sort_values(["_order", "epoch", "step"], kind="stable").drop(columns="_order").reset_index(drop=True)
+
     def row(self, model_id: str) -> pd.Series:
         try:
             return self.metadata.loc[model_id]
@@ -454,6 +479,35 @@ def _check_finite(
             names = [stacked_ids[i] for i in bad.flatten().tolist()[:5]]
             raise InvalidParametersError(f"{where}: models {names}: tensor {key!r} has NaN or Inf values")
         raise InvalidParametersError(f"{where}: tensor {key!r} has NaN or Inf values")
+
+
+def _checkpoint_rows(
+    model_id: str, value: Any, names: list[str], path: Path
+) -> list[tuple[str, str, int, int, float, float]]:
+    """The ``checkpoint_metrics`` entry of one model as rows (see ``ModelSet.checkpoint_table``)."""
+    where = f"{path}: model {model_id!r}, column 'checkpoint_metrics'"
+    if not isinstance(value, str):
+        raise SchemaError(f"{where}: expected JSON text, found {type(value).__name__}")
+    doc = parse_json(value, where)
+    if not isinstance(doc, dict):
+        raise SchemaError(f"{where}: expected an object mapping checkpoint names to their figures")
+    rows = []
+    for name, entry in doc.items():
+        if name not in names:
+            raise SchemaError(f"{where}: checkpoint {name!r} is not among the model's checkpoints {names}")
+        if not isinstance(entry, dict):
+            raise SchemaError(f"{where}: checkpoint {name!r}: expected an object, found {type(entry).__name__}")
+        for key in ("epoch", "step"):
+            v = entry.get(key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise SchemaError(f"{where}: checkpoint {name!r}: {key!r} must be a non-negative integer, found {v!r}")
+        acc, loss = entry.get("test_accuracy"), entry.get("train_loss")
+        if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0.0 <= float(acc) <= 1.0:
+            raise SchemaError(f"{where}: checkpoint {name!r}: 'test_accuracy' must be a number in [0, 1], found {acc!r}")
+        if loss is not None and (isinstance(loss, bool) or not isinstance(loss, (int, float))):
+            raise SchemaError(f"{where}: checkpoint {name!r}: 'train_loss' must be a number or null, found {loss!r}")
+        rows.append((model_id, str(name), entry["epoch"], entry["step"], float(acc), np.nan if loss is None else float(loss)))
+    return rows
 
 
 def json_column(value: Any) -> Any:

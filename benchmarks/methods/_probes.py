@@ -88,13 +88,13 @@ def penultimate(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, 
 
 @torch.no_grad()
 def run_models(
-    ms: ModelSet, ids: Sequence[str], x: torch.Tensor, desc: str = "probe"
+    ms: ModelSet, ids: Sequence[str], x: torch.Tensor, desc: str = "probe", checkpoint: str = "final"
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``(activations (B, p), logits (B, k))`` of each model of ``ids`` on the batch ``x``
-    (standardized, as ``task_data`` gives it), each model seeing it in its own input norm."""
+    """``(activations (B, p), logits (B, k))`` of each model of ``ids`` (at ``checkpoint``) on the
+    batch ``x`` (standardized, as ``task_data`` gives it), each model seeing it in its own input norm."""
     out = []
     for mid in tqdm(ids, desc=desc, leave=False, disable=len(ids) < 200):
-        out.append(penultimate(ms.model(mid), model_inputs(ms, mid, x)))
+        out.append(penultimate(ms.model(mid, checkpoint), model_inputs(ms, mid, x)))
     return out
 
 

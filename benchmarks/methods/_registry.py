@@ -2,7 +2,9 @@
 
 A method is a filled-in form (:class:`MethodMeta`) plus a class implementing one step:
 ``_embed(ms, ids) -> (n, d)`` embeddings compared by cosine, or ``_similarity(ms, ids_a, ids_b)``
-directly, and optionally ``_fit(ms, train_ids, seed)`` on training-task models. The public
+directly, and optionally ``_fit(ms, train_ids, seed)`` on training-task models. A method that can
+read checkpoints other than ``"final"`` (a training trajectory's ``init``, ``epoch_{e}``) takes a
+``checkpoint`` keyword in its hook: ``_embed(ms, ids, checkpoint="final")``. The public
 :meth:`SimilarityMethod.fit`, :meth:`~SimilarityMethod.embed` and
 :meth:`~SimilarityMethod.similarity` are template methods: they validate ids and outputs, cache
 embeddings and time the work, so a new method is one small file::
@@ -18,6 +20,7 @@ embeddings and time the work, so a new method is one small file::
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -125,7 +128,7 @@ class SimilarityMethod:
         # config, since a cached fit gives the same result as a new one).
         self.cache_dir: Path | None = None
         self.fitted = False
-        self._cache: dict[tuple[str, str], torch.Tensor] = {}
+        self._cache: dict[tuple[str, str, str], torch.Tensor] = {}
         self._fitted_key: object = None
 
     def __repr__(self) -> str:
@@ -135,6 +138,13 @@ class SimilarityMethod:
     def has_embedding(cls) -> bool:
         """True when the method produces embeddings (it overrides ``_embed``)."""
         return cls._embed is not SimilarityMethod._embed
+
+    @classmethod
+    def supports_checkpoints(cls) -> bool:
+        """True when the method reads checkpoints other than ``"final"``: its hook (``_embed``, or
+        ``_similarity`` for similarity-only methods) takes a ``checkpoint`` argument."""
+        hook = cls._embed if cls.has_embedding() else cls._similarity
+        return "checkpoint" in inspect.signature(hook).parameters
 
     # -- template methods ----------------------------------------------------------------
     def fit(self, ms: ModelSet, train_ids: Sequence[str], seed: int = 0) -> SimilarityMethod:
@@ -154,31 +164,43 @@ class SimilarityMethod:
         self.fitted, self._fitted_key = True, key
         return self
 
-    def embed(self, ms: ModelSet, ids: Sequence[str]) -> torch.Tensor:
-        """Embeddings ``(len(ids), d)`` float32, computed once per model id after each fit."""
+    def embed(self, ms: ModelSet, ids: Sequence[str], checkpoint: str = "final") -> torch.Tensor:
+        """Embeddings ``(len(ids), d)`` float32 of the models' ``checkpoint``, computed once per
+        model id and checkpoint after each fit."""
         if not self.has_embedding():
             raise MethodError(f"method {self.meta.name!r} gives similarities only, no embeddings")
         ids = self._check_ids(ms, ids, "ids")
         self._require_fit()
+        self._check_checkpoint(ms, ids, checkpoint)
         root = str(ms.root)  # ids are unique within a set only: the cache key includes the set
-        todo = list(dict.fromkeys(i for i in ids if (root, i) not in self._cache))
+        todo = list(dict.fromkeys(i for i in ids if (root, checkpoint, i) not in self._cache))
         if todo:
-            out = self._embed(ms, todo)
+            out = self._embed(ms, todo) if checkpoint == "final" else self._embed(ms, todo, checkpoint=checkpoint)
             if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != len(todo):
                 found = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 raise MethodError(f"method {self.meta.name!r}: _embed must return ({len(todo)}, d), found {found}")
             out = out.detach().to(torch.float32).cpu()
             if not bool(torch.isfinite(out).all()):
                 raise MethodError(f"method {self.meta.name!r}: embeddings contain NaN or Inf")
-            self._cache.update(zip([(root, i) for i in todo], out))
-        return torch.stack([self._cache[(root, i)] for i in ids])
+            self._cache.update(zip([(root, checkpoint, i) for i in todo], out))
+        return torch.stack([self._cache[(root, checkpoint, i)] for i in ids])
 
-    def similarity(self, ms: ModelSet, ids_a: Sequence[str], ids_b: Sequence[str]) -> torch.Tensor:
-        """Similarities ``(len(ids_a), len(ids_b))``, higher means more alike."""
+    def similarity(
+        self, ms: ModelSet, ids_a: Sequence[str], ids_b: Sequence[str], checkpoint: str = "final",
+        checkpoint_b: str | None = None,
+    ) -> torch.Tensor:
+        """Similarities ``(len(ids_a), len(ids_b))``, higher means more alike, between the
+        ``checkpoint`` of ``ids_a`` and the ``checkpoint_b`` (default: the same) of ``ids_b``."""
         a = self._check_ids(ms, ids_a, "ids_a")
         b = self._check_ids(ms, ids_b, "ids_b")
         self._require_fit()
-        out = self._similarity(ms, a, b)
+        checkpoint_b = checkpoint if checkpoint_b is None else checkpoint_b
+        self._check_checkpoint(ms, a, checkpoint)
+        self._check_checkpoint(ms, b, checkpoint_b)
+        if checkpoint == checkpoint_b == "final":
+            out = self._similarity(ms, a, b)
+        else:
+            out = self._similarity(ms, a, b, checkpoint=checkpoint, checkpoint_b=checkpoint_b)
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(a), len(b)):
             found = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise MethodError(f"method {self.meta.name!r}: similarity must be ({len(a)}, {len(b)}), found {found}")
@@ -192,7 +214,7 @@ class SimilarityMethod:
         """Learn from the training models (default: nothing to learn)."""
 
     def _embed(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError  # subclasses may add ``checkpoint: str = "final"``
 
     def _fit_key(self, ms: ModelSet, train_ids: list[str], seed: int) -> object:
         """What the fit depends on; a second ``fit`` with an equal key is skipped. Methods whose
@@ -200,18 +222,34 @@ class SimilarityMethod:
         computed once for all seeds."""
         return (str(ms.root), tuple(train_ids), seed)
 
-    def _similarity(self, ms: ModelSet, ids_a: list[str], ids_b: list[str]) -> torch.Tensor:
+    def _similarity(
+        self, ms: ModelSet, ids_a: list[str], ids_b: list[str], checkpoint: str = "final",
+        checkpoint_b: str | None = None,
+    ) -> torch.Tensor:
         """Default: cosine similarity of the embeddings."""
         if not self.has_embedding():
             raise MethodError(f"method {self.meta.name!r} implements neither _embed nor _similarity")
-        ea = torch.nn.functional.normalize(self.embed(ms, ids_a), dim=1)
-        eb = torch.nn.functional.normalize(self.embed(ms, ids_b), dim=1)
+        ea = torch.nn.functional.normalize(self.embed(ms, ids_a, checkpoint), dim=1)
+        eb = torch.nn.functional.normalize(self.embed(ms, ids_b, checkpoint_b or checkpoint), dim=1)
         return ea @ eb.T
 
     # -- helpers -----------------------------------------------------------------------
     def _require_fit(self) -> None:
         if not self.fitted:
             raise MethodError(f"method {self.meta.name!r}: call fit(ms, train_ids, seed) before scoring")
+
+    def _check_checkpoint(self, ms: ModelSet, ids: list[str], checkpoint: str) -> None:
+        if checkpoint == "final":  # every model has it (the reader names one that does not)
+            return
+        if not self.supports_checkpoints():
+            raise MethodError(
+                f"method {self.meta.name!r} reads the final checkpoint only, not {checkpoint!r} "
+                "(a method reads others when its _embed or _similarity takes a 'checkpoint' argument)"
+            )
+        lists = ms.metadata.loc[ids, "checkpoints"].astype(str).str.split(",")
+        lacking = [i for i, names in zip(ids, lists) if checkpoint not in names]
+        if lacking:
+            raise MissingModelError(f"models {lacking[:5]} of {ms.root} have no checkpoint {checkpoint!r}")
 
     def _check_ids(self, ms: ModelSet, ids: Sequence[str], what: str) -> list[str]:
         if isinstance(ids, str):

@@ -48,8 +48,8 @@ class LinearCKA(SimilarityMethod):
         # The probe depends on the set only (not the seed), so all seeds score the same inputs.
         self.probe, self.probe_source = common_probe(ms, int(self.config["probe_size"]))
 
-    def _embed(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
-        grams = [centred_gram(acts.double()) for acts, _ in run_models(ms, ids, self.probe, "cka")]
+    def _embed(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> torch.Tensor:
+        grams = [centred_gram(acts.double()) for acts, _ in run_models(ms, ids, self.probe, "cka", checkpoint)]
         flat = torch.stack([g.reshape(-1) for g in grams])
         # A dead network has a zero Gram; a tiny constant keeps its cosine defined (and ~0).
         return torch.nn.functional.normalize(flat + 1e-12, dim=1).float()

@@ -114,9 +114,9 @@ class DeepSets(SimilarityMethod):
         config={"hidden": 32, "dim": 32, "steps": 150, "lr": 3e-3, "batch_size": 64},
     )
 
-    def _sets(self, ms: ModelSet, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sets(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> tuple[torch.Tensor, torch.Tensor]:
         items: list[tuple[torch.Tensor, torch.Tensor]] = [None] * len(ids)  # type: ignore[list-item]
-        for positions, space in load_spaces(ms, ids, fold_norms=False):
+        for positions, space in load_spaces(ms, ids, checkpoint, fold_norms=False):
             for pos, item in zip(positions, neuron_sets(space, self.n_layers)):
                 items[pos] = item
         return _pad_batch(items)
@@ -133,10 +133,10 @@ class DeepSets(SimilarityMethod):
             int(c["steps"]), float(c["lr"]), int(c["batch_size"]), seed,
         )
 
-    def _embed(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
+    def _embed(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> torch.Tensor:
         out = []
         with torch.no_grad():
             for start in range(0, len(ids), 256):
-                feats, mask = self._sets(ms, ids[start : start + 256])
+                feats, mask = self._sets(ms, ids[start : start + 256], checkpoint)
                 out.append(self.encoder(feats, mask))
         return torch.cat(out)

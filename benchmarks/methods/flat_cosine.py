@@ -38,10 +38,10 @@ class FlatCosine(SimilarityMethod):
     def _fit(self, ms: ModelSet, train_ids: list[str], seed: int) -> None:
         self.width = max(flat_parameters(space).shape[1] for space in one_per_signature(ms, fold_norms=False))
 
-    def _embed(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
+    def _embed(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> torch.Tensor:
         width = self.width
         out = torch.zeros(len(ids), width)
-        for positions, space in load_spaces(ms, ids, fold_norms=False):
+        for positions, space in load_spaces(ms, ids, checkpoint, fold_norms=False):
             flat = flat_parameters(space)[:, :width]
             out[torch.as_tensor(positions), : flat.shape[1]] = flat
         return out

@@ -25,8 +25,8 @@ class _LPSBase(SimilarityMethod):
         else:
             self.scorer = lps.train.train(ms, train_ids=train_ids, mode=self.mode, seed=seed, **kwargs)
 
-    def _embed(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
-        return self.scorer.embed(ids, ms=ms)
+    def _embed(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> torch.Tensor:
+        return self.scorer.embed(ids, ms=ms, checkpoint=checkpoint)
 
 
 @register_method

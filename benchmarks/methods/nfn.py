@@ -86,13 +86,13 @@ class NFN(SimilarityMethod):
     )
 
     def _groups(
-        self, ms: ModelSet, ids: list[str], layout: tuple[tuple[int, ...], ...] | None
+        self, ms: ModelSet, ids: list[str], layout: tuple[tuple[int, ...], ...] | None, checkpoint: str = "final"
     ) -> list[tuple[torch.Tensor, WeightSpaceFeatures]]:
         """Per architecture signature: positions ``(b,)`` in ``ids`` and the models' features,
         which must have ``layout`` (see :func:`layout_key`) unless it is ``None``."""
         out = []
         for group in ms.by_signature(ids):
-            space = WeightSpace.from_stacked(group.architecture, group.arch_kwargs, ms.stacked(group.ids))
+            space = WeightSpace.from_stacked(group.architecture, group.arch_kwargs, ms.stacked(group.ids, checkpoint))
             if not space.chain:
                 raise MethodNotApplicable(
                     f"method 'nfn' reads chained weight spaces only (cnn3 and its variants); model "
@@ -160,14 +160,14 @@ class NFN(SimilarityMethod):
             self.encoder, encode, len(train_ids), labels, int(c["steps"]), float(c["lr"]), int(c["batch_size"]), seed
         )
 
-    def _embed(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
+    def _embed(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> torch.Tensor:
         with Runtime.worker_threads(1):
-            return self._embed_models(ms, ids)
+            return self._embed_models(ms, ids, checkpoint)
 
-    def _embed_models(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
+    def _embed_models(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> torch.Tensor:
         out = torch.empty(len(ids), int(self.config["dim"]))
         with torch.no_grad():
-            for pos, feats in self._groups(ms, ids, self.layout):
+            for pos, feats in self._groups(ms, ids, self.layout, checkpoint):
                 feats = self._scaled(feats)
                 for start in range(0, len(pos), 256):
                     part = feats.map(lambda t, s=start: t[s : s + 256])

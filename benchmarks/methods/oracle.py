@@ -24,7 +24,7 @@ class TaskOracle(SimilarityMethod):
         privileged=True,
     )
 
-    def _embed(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
+    def _embed(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> torch.Tensor:
         tasks = sorted(ms.metadata["task"].astype(str).unique())
         lookup = {t: i for i, t in enumerate(tasks)}
         out = torch.zeros(len(ids), len(tasks))

@@ -40,8 +40,8 @@ class PredictionAgreement(SimilarityMethod):
         kwargs = [decode_kwargs(str(k)) for k in ms.metadata["arch_kwargs"].unique()]
         self.k_max = max(int(k.get("num_classes", 10)) for k in kwargs)
 
-    def _embed(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
-        outputs = run_models(ms, ids, self.probe, "agreement")
+    def _embed(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> torch.Tensor:
+        outputs = run_models(ms, ids, self.probe, "agreement", checkpoint)
         n = self.probe.shape[0]
         wider = [mid for mid, (_, logits) in zip(ids, outputs) if logits.shape[1] > self.k_max]
         if wider:

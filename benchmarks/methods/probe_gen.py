@@ -26,9 +26,9 @@ from torch.func import functional_call, vmap
 
 from benchmarks.methods._registry import MethodError, MethodMeta, SimilarityMethod, register_method
 from benchmarks.methods._train import fit_contrastive, task_labels
-from modelset.architectures import build_architecture
+from modelset.architectures import build_architecture, decode_kwargs
 from modelset.datasets import DATASETS
-from modelset.reader import ModelSet, json_column
+from modelset.reader import ModelSet
 from modelset.runtime import Runtime
 from modelset.tasks import input_norm_affine
 
@@ -115,12 +115,12 @@ class ProbeGen(SimilarityMethod):
             return torch.ones(channels), torch.zeros(channels)
         return input_norm_affine(str(row["dataset"]), norm)
 
-    def _groups(self, ms: ModelSet, ids: list[str]) -> list[_Group]:
+    def _groups(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> list[_Group]:
         out = []
         for group in ms.by_signature(ids):
-            kwargs = json_column(group.arch_kwargs) or {}
+            kwargs = decode_kwargs(group.arch_kwargs)
             shapes = [self._input_shape(ms, i, kwargs) for i in group.ids]
-            stacked = ms.stacked(group.ids)
+            stacked = ms.stacked(group.ids, checkpoint)
             for shape in sorted(set(shapes)):
                 rows = torch.tensor([j for j, s in enumerate(shapes) if s == shape], dtype=torch.long)
                 affine = [self._affine(ms, group.ids[j], shape[0]) for j in rows.tolist()]
@@ -179,7 +179,7 @@ class ProbeGen(SimilarityMethod):
         self._built: dict[tuple[str, str], nn.Module] = {}
         self._no_vmap: set[tuple[str, str]] = set()
         # The widest head of the set fixes the representation width (as prediction_agreement).
-        kwargs = [json_column(str(k)) or {} for k in ms.metadata["arch_kwargs"].unique()]
+        kwargs = [decode_kwargs(str(k)) for k in ms.metadata["arch_kwargs"].unique()]
         self.k_max = max(int(k.get("num_classes", 10)) for k in kwargs)
         groups = self._groups(ms, train_ids)
         shapes = sorted({g.shape for g in groups})
@@ -205,14 +205,14 @@ class ProbeGen(SimilarityMethod):
             self.encoder, encode, len(train_ids), labels, int(c["steps"]), float(c["lr"]), int(c["batch_size"]), seed
         )
 
-    def _embed(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
+    def _embed(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> torch.Tensor:
         with Runtime.worker_threads(1):
-            return self._embed_models(ms, ids)
+            return self._embed_models(ms, ids, checkpoint)
 
-    def _embed_models(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
+    def _embed_models(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> torch.Tensor:
         out = torch.empty(len(ids), int(self.config["dim"]))
         with torch.no_grad():
-            for group in self._groups(ms, ids):
+            for group in self._groups(ms, ids, checkpoint):
                 if _shape_key(group.shape) not in self.encoder.generators:
                     raise MethodError(
                         f"method 'probe_gen' has no probes of input shape {group.shape} (model "

@@ -26,10 +26,11 @@ class RandomScorer(SimilarityMethod):
         config={"dim": 32},
     )
 
-    def _embed(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
+    def _embed(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> torch.Tensor:
         out = []
         for mid in ids:
-            digest = hashlib.sha256(f"{mid}|{self.seed}".encode()).digest()
+            key = f"{mid}|{self.seed}" if checkpoint == "final" else f"{mid}|{checkpoint}|{self.seed}"
+            digest = hashlib.sha256(key.encode()).digest()
             generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
             out.append(torch.randn(int(self.config["dim"]), generator=generator))
         return torch.stack(out)

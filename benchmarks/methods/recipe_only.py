@@ -54,7 +54,7 @@ class RecipeOnly(SimilarityMethod):
             cols.append(np.log(np.clip(v, 1e-12, None)) if c in LOG_COLUMNS else v)
         return np.stack(cols, axis=1) if cols else np.zeros((len(rows), 0))
 
-    def _embed(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
+    def _embed(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> torch.Tensor:
         rows = ms.metadata.loc[ids]
         numeric = np.nan_to_num((self._numeric(rows) - self.mean) / self.std)
         parts = [numeric]

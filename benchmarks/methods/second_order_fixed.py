@@ -16,13 +16,13 @@ from benchmarks.methods._registry import MethodMeta, SimilarityMethod, register_
 from modelset.reader import ModelSet
 
 
-def lps_feature_blocks(ms: ModelSet, ids: list[str]) -> list[dict[str, torch.Tensor]]:
+def lps_feature_blocks(ms: ModelSet, ids: list[str], checkpoint: str = "final") -> list[dict[str, torch.Tensor]]:
     """Per model, ``{feature key: flat tensor}`` from ``lps.features`` (keys vary by architecture)."""
     from lps.features import compute_features
     from lps.weights import WeightSpace
 
     out: list[dict[str, torch.Tensor]] = [{} for _ in ids]
-    for chunk, stacked in ms.iter_by_signature(ids, chunk_size=512):
+    for chunk, stacked in ms.iter_by_signature(ids, checkpoint, chunk_size=512):
         features = compute_features(WeightSpace.from_stacked(chunk.architecture, chunk.arch_kwargs, stacked)).flat()
         for j, pos in enumerate(chunk.positions):
             out[pos] = {k: v[j].reshape(-1).float() for k, v in features.items()}
@@ -67,7 +67,7 @@ class SecondOrderFixed(SimilarityMethod):
         self.std = torch.where(std > 1e-8, std, torch.ones(()))
         self.weight = torch.cat([torch.full((size,), 1 / math.sqrt(size)) for _, size in self.schema])
 
-    def _embed(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
-        x = (self._vectorise(lps_feature_blocks(ms, ids)) - self.mean) / self.std
+    def _embed(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> torch.Tensor:
+        x = (self._vectorise(lps_feature_blocks(ms, ids, checkpoint)) - self.mean) / self.std
         # Features a model's architecture does not have count as "average" (zero after standardising).
         return torch.nan_to_num(x, nan=0.0) * self.weight

@@ -34,7 +34,7 @@ class ShapeOnly(SimilarityMethod):
         keys = (table["architecture"].astype(str) + "|" + table["arch_kwargs"].astype(str)).map(_shape_key)
         return {key: i for i, key in enumerate(sorted(set(keys)))}
 
-    def _embed(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
+    def _embed(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> torch.Tensor:
         lookup = self._signatures(ms)
         table = ms.metadata.loc[ids]
         keys = (table["architecture"].astype(str) + "|" + table["arch_kwargs"].astype(str)).map(_shape_key)

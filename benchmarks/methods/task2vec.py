@@ -99,12 +99,12 @@ class Task2Vec(SimilarityMethod):
                 fisher.append(g.pow(2).mean(dim=0).reshape(g.shape[1], -1).mean(dim=1))
         return torch.cat(fisher)
 
-    def _embed(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
+    def _embed(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> torch.Tensor:
         out = []
         for mid in tqdm(ids, desc="task2vec", leave=False, disable=len(ids) < 200):
             x = self._task_inputs(ms, str(ms.metadata.at[mid, "task"]))
             with torch.no_grad():
-                logits = ms.model(mid)(model_inputs(ms, mid, x))
+                logits = ms.model(mid, checkpoint)(model_inputs(ms, mid, x))
             out.append(self._fisher(x, logits.argmax(dim=1), logits.shape[1]))
         # Fisher values span orders of magnitude: compare log-Fisher profiles, centred per model so
         # the cosine is their correlation and a global scale of the Fisher does not matter.

@@ -60,10 +60,10 @@ class WeightStats(SimilarityMethod):
         description="per-layer mean, variance, quantiles; cosine",
     )
 
-    def features(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
+    def features(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> torch.Tensor:
         """Raw statistics ``(len(ids), n_layers * 14)``."""
         out = torch.zeros(len(ids), self.n_layers * STATS_PER_LAYER)
-        for positions, space in load_spaces(ms, ids, fold_norms=False):
+        for positions, space in load_spaces(ms, ids, checkpoint, fold_norms=False):
             out[torch.as_tensor(positions)] = weight_statistics(space, self.n_layers)
         return out
 
@@ -74,5 +74,5 @@ class WeightStats(SimilarityMethod):
         # Constant features (empty slots) get unit scale so they stay zero instead of dividing by 0.
         self.std = train.std(dim=0).clamp_min(1e-8).where(train.std(dim=0) > 1e-8, torch.ones(1))
 
-    def _embed(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
-        return (self.features(ms, ids) - self.mean) / self.std
+    def _embed(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> torch.Tensor:
+        return (self.features(ms, ids, checkpoint) - self.mean) / self.std

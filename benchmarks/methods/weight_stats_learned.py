@@ -40,6 +40,6 @@ class WeightStatsLearned(WeightStats):
             self.net, lambda idx: self.net(x[idx]), len(x), labels, c["steps"], c["lr"], c["batch_size"], seed
         )
 
-    def _embed(self, ms: ModelSet, ids: list[str]) -> torch.Tensor:
+    def _embed(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> torch.Tensor:
         with torch.no_grad():
-            return self.net(super()._embed(ms, ids))
+            return self.net(super()._embed(ms, ids, checkpoint))

@@ -6,7 +6,10 @@ The imports below are the full list of built-in tracks.
 from __future__ import annotations
 
 from benchmarks.tracks import (  # noqa: F401  (imported to register the built-in tracks)
+    accuracy_prediction,
     few_shot,
+    hyperparameter_prediction,
+    lineage,
     retrieval,
     task_classification,
     task_relations,
