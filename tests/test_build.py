@@ -300,18 +300,22 @@ def test_variants_hook_calls_registered_recipes(env: dict) -> None:
     cfg["transfer"] = {"enabled": False}
     cfg["variants"] = [{"recipe": "test_halved", "parents": {"per_task": 1}, "params": {"scale": 0.5}}]
     from builders.build import build
+    from builders.variants._registry import unregister_recipe
 
-    out = build(cfg, env["base"] / "variants", progress=False)
-    ms = modelset.open(out)
-    var = ms.metadata[ms.metadata["variant"] == "halved"]
-    assert len(var) == 4 and sorted(var["parent_id"]) == sorted(calls)
-    assert set(var["recipe"]) == {"test_halved"}
-    pid = var["parent_id"].iloc[0]
-    torch.testing.assert_close(
-        ms.state_dict(var.index[0])["head.bias"], ms.state_dict(pid)["head.bias"] * 0.5
-    )
-    build(cfg, out, progress=False)  # resuming a finished set calls no recipe again
-    assert len(calls) == 4 and len(modelset.open(out).metadata) == len(ms.metadata)
+    try:
+        out = build(cfg, env["base"] / "variants", progress=False)
+        ms = modelset.open(out)
+        var = ms.metadata[ms.metadata["variant"] == "halved"]
+        assert len(var) == 4 and sorted(var["parent_id"]) == sorted(calls)
+        assert set(var["recipe"]) == {"test_halved"}
+        pid = var["parent_id"].iloc[0]
+        torch.testing.assert_close(
+            ms.state_dict(var.index[0])["head.bias"], ms.state_dict(pid)["head.bias"] * 0.5
+        )
+        build(cfg, out, progress=False)  # resuming a finished set calls no recipe again
+        assert len(calls) == 4 and len(modelset.open(out).metadata) == len(ms.metadata)
+    finally:  # other tests list every registered recipe
+        unregister_recipe("test_halved")
 
 
 @pytest.mark.slow

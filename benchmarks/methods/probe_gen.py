@@ -103,9 +103,9 @@ class ProbeGen(SimilarityMethod):
     # -- reading models -----------------------------------------------------------------------
     def _input_shape(self, ms: ModelSet, model_id: str, kwargs: dict) -> tuple[int, int, int]:
         dataset = str(ms.metadata.at[model_id, "dataset"])
-        info = DATASETS.get(dataset)
-        if info is None:
+        if dataset not in DATASETS:
             return (int(kwargs.get("in_channels", 1)), DEFAULT_SIZE, DEFAULT_SIZE)
+        info = DATASETS.get(dataset)
         return (info.channels, info.size, info.size)
 
     def _affine(self, ms: ModelSet, model_id: str, channels: int) -> tuple[torch.Tensor, torch.Tensor]:

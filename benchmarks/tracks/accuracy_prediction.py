@@ -67,6 +67,8 @@ class AccuracyPrediction(Track):
             "Representation Learning on Neural Network Weights; Schürholt et al. 2022, Model Zoos"
         ),
         config=dict(PROTOCOL),
+        labels={"kendall_tau": "accuracy τ", "r2": "accuracy R²"},
+        order=80,
     )
 
     def _not_applicable(self, ms: ModelSet, split: Split) -> str:

@@ -115,6 +115,8 @@ class Lineage(Track):
         primary=("rank1", "map", "order_accuracy"),
         reference="Horwitz et al. 2024, Unsupervised Model Tree Heritage Recovery (MoTHer)",
         config=dict(PROTOCOL),
+        labels={"rank1": "parent rank-1", "map": "parent mAP", "order_accuracy": "checkpoint order"},
+        order=100,
     )
 
     def _not_applicable(self, ms: ModelSet, split: Split) -> str:
