@@ -242,10 +242,13 @@ def train_stack(
                 last_losses[i].append(loss)
             if specs[i].checkpoint_epochs:
                 epoch_losses[i].append(loss)
+        due: dict[int, list[int]] = {}  # epoch → stack positions whose run ends it now: one eval each
         for j, i in enumerate(order):
             if step + 1 in keep_at[i]:
-                _keep(stack, [j], order, data, dev, kept, trajectory, epoch=keep_at[i][step + 1],
-                      step=step + 1, losses=epoch_losses)  # fmt: skip
+                due.setdefault(keep_at[i][step + 1], []).append(j)
+        for epoch, positions in due.items():
+            _keep(stack, positions, order, data, dev, kept, trajectory, epoch=epoch, step=step + 1, losses=epoch_losses)
+        for i in order:
             if specs[i].checkpoint_epochs and (step + 1) % batches[i].spe == 0:
                 epoch_losses[i] = []
         done = [j for j, i in enumerate(order) if batches[i].total == step + 1]
