@@ -298,6 +298,9 @@ def parse_folds(text: str, metadata: pd.DataFrame, where: str) -> list[Split]:
     if unit == "model":
         _check_model_folds(folds, sorted(known), where)
         return folds
+    empty = [f.fold for f in folds if not f.heldout_tasks]
+    if empty:  # a fold without held-out tasks is a model fold, which the file must say
+        raise SchemaError(f"{where}: folds {empty[:5]} hold out no task; task folds hold out at least one (or set \"unit\": \"model\")")
     held = [t for f in folds for t in f.heldout_tasks]
     if sorted(held) != tasks:
         raise SchemaError(f"{where}: every task must be held out in exactly one fold; held out {sorted(held)}, tasks {tasks}")

@@ -63,6 +63,14 @@ def test_prediction_tracks_score_the_held_out_runs(board, method: str) -> None:
     assert min(tau) > 0.8, tau
 
 
+def test_checkpoint_order_is_scored_on_the_held_out_runs(board) -> None:
+    results = _results(board, "lineage")
+    assert len(results) == 10 and all(r["status"] == "ok" for r in results)
+    for r in results:
+        assert r["metrics"]["n_runs"] == N_RUNS // 5 and r["metrics"]["n_queries"] == 0  # no variants to trace
+        assert 0.5 < r["metrics"]["order_accuracy"] <= 1.0  # accuracy rises with the epoch, and sets the scale
+
+
 def test_task_tracks_say_why_they_do_not_apply(board) -> None:
     for track in ("retrieval", "task_classification", "task_relations", "transfer"):
         results = _results(board, track)
