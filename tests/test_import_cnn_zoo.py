@@ -386,3 +386,18 @@ def test_cli_reports_bad_source(tmp_path, capsys):
     (tmp_path / "src" / "layout.csv").unlink()
     assert main(["import", "cnn-zoo", str(tmp_path / "src"), "--zoo", str(tmp_path / "out")]) == 2
     assert "layout.csv: the layout file is missing" in capsys.readouterr().err
+
+
+def test_import_ships_model_folds_over_every_data_set(tmp_path):
+    write_zoo(tmp_path / "src" / "mnist", n_runs=6)
+    write_zoo(tmp_path / "src" / "fashion_mnist", dataset="fashion_mnist", n_runs=6, seed=1)
+    import_cnn_zoo(tmp_path / "src", tmp_path / "out", folds=3, progress=False)
+    with modelset.open(tmp_path / "out") as ms:
+        folds, tasks = ms.folds, ms.metadata["task"]
+        assert len(folds) == 3 and sorted(m for f in folds for m in f.heldout_model_ids) == sorted(ms.metadata.index)
+        for f in folds:  # the field's split by runs: 2 runs of each data set held out, both trained on
+            assert f.unit == "model" and f.train_tasks == ("fashion_mnist", "mnist") and not f.heldout_tasks
+            assert sorted(tasks[list(f.heldout_model_ids)]) == ["fashion_mnist"] * 2 + ["mnist"] * 2
+    write_zoo(tmp_path / "one", n_runs=1)
+    import_cnn_zoo(tmp_path / "one", tmp_path / "out1", progress=False)  # nothing to hold out: no folds
+    assert not (tmp_path / "out1" / "splits" / "folds.json").exists() and modelset.open(tmp_path / "out1").folds == []
