@@ -9,9 +9,8 @@ training models' checkpoints and predicts the accuracy of every checkpoint of th
 models (on a model fold, which holds out no task: of the fold's held-out models, as the paper's
 split by runs). Scored per held-out task (per task and fold on model folds) — Kendall τ (scipy)
 and R² (scikit-learn) over the task's checkpoints — and pooled over all held-out checkpoints, as
-the paper reports it. With
-``weight_stats`` this track is the paper's StatNN baseline: per-layer weight statistics and
-gradient boosting.
+the paper reports it. With ``weight_stats`` this track is the paper's StatNN baseline: per-layer
+weight statistics and gradient boosting.
 """
 
 from __future__ import annotations

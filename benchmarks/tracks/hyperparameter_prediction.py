@@ -8,9 +8,10 @@ optimizer (accuracy), the log learning rate, the log weight decay and the number
 (Kendall τ and R²). The shared learner (:mod:`benchmarks.tracks._predict`) is fit on the method's
 embeddings of the training base models. On a model fold (no held-out task: an imported zoo split
 by runs) the held-out base models are the fold's held-out models. Every target is scored per
-held-out task (unit of the intervals; per task and fold on model folds) and pooled. A target whose column is absent or constant is skipped and listed in the
-outcome; a value ≤ 0 of a log-scale target (no weight decay) is set one decade below the
-smallest positive value so that it stays the smallest.
+held-out task (unit of the intervals; per task and fold on model folds) and pooled. A target
+whose column is absent or constant is skipped and listed in the outcome; a value ≤ 0 of a
+log-scale target (no weight decay) is set one decade below the smallest positive value so that
+it stays the smallest.
 """
 
 from __future__ import annotations
