@@ -300,6 +300,16 @@ def _splits_section(root: Path, table: pd.DataFrame) -> str:
             f"This set ships no fold file (`{SPLITS_FILE}`). Hold tasks out yourself, and never fit "
             "a learned method on models of the tasks it is scored on.\n"
         )
+    if folds.get("unit") == "model":
+        rows = [[fold.get("fold", i), len(fold.get("train_ids", [])), len(fold.get("heldout_model_ids", []))]
+                for i, fold in enumerate(folds["folds"])]  # fmt: skip
+        return (
+            f"`{SPLITS_FILE}` holds {len(folds['folds'])} model folds (unit `model`, seed {folds.get('seed', '?')}): "
+            "the set has too few tasks to hold tasks out, so every model family is held out in exactly one "
+            "fold, about 1/k of each task's. Per fold: `train_ids` (models a learned method may fit on) and "
+            "`heldout_model_ids` (the models it is scored on); every task is a training task.\n\n"
+            + _table(["fold", "train models", "held-out models"], rows, "lrr")
+        )
     rows = []
     for i, fold in enumerate(folds["folds"]):
         rows.append([

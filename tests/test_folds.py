@@ -10,7 +10,7 @@ import pytest
 
 import modelset
 from modelset.errors import ModelSetError, SchemaError
-from modelset.folds import FOLDS_FILE, FoldConfig, make_folds
+from modelset.folds import FOLDS_FILE, FoldConfig, make_folds, make_model_folds
 from modelset.synthetic import write_synthetic
 from modelset.writer import ModelSetWriter, write_checksums
 
@@ -98,3 +98,61 @@ def test_the_mini_build_ships_its_folds(mini_set) -> None:
     folds = mini_set.folds
     assert (mini_set.root / FOLDS_FILE).exists() and len(folds) == 2
     assert sorted(t for f in folds for t in f.heldout_tasks) == sorted(mini_set.tasks.index)
+
+
+@pytest.fixture()
+def with_model_folds(tmp_path: Path) -> Path:
+    path = write_synthetic(tmp_path / "set", 30, n_tasks=2, noise=0.3)
+    config = FoldConfig(k=4, seed=1, unit="model")
+    with ModelSetWriter.open(path, name="synthetic-30", config=modelset.open(path).header["config"]) as w:
+        w.set_folds(make_folds(w.table, config), config)
+        w.finish()
+    return path
+
+
+def test_a_set_of_few_tasks_gets_model_folds(with_model_folds: Path) -> None:
+    ms = modelset.open(with_model_folds)
+    with pytest.raises(SchemaError, match="at least 4 tasks"):
+        make_folds(ms.metadata)  # too few tasks for task folds
+    folds = ms.folds
+    assert folds == make_model_folds(ms.metadata, {"k": 4, "seed": 1}) != make_model_folds(ms.metadata, {"k": 4, "seed": 2})
+    assert json.loads((with_model_folds / FOLDS_FILE).read_text())["unit"] == "model"
+    tasks = ms.metadata["task"]
+    held = [m for f in folds for m in f.heldout_model_ids]
+    assert sorted(held) == sorted(ms.metadata.index)  # every model held out exactly once
+    for f in folds:
+        assert f.unit == "model" and f.heldout_tasks == () and f.heldout_task_ids == ()
+        assert f.train_tasks == tuple(sorted(set(tasks)))
+        assert sorted([*f.train_ids, *f.heldout_model_ids]) == sorted(ms.metadata.index)
+        # dealt per task: every fold holds out 7 or 8 of the 30 models, of both tasks
+        assert len(f.heldout_model_ids) in (7, 8) and set(tasks[list(f.heldout_model_ids)]) == set(tasks)
+    assert "4 model folds" in (with_model_folds / "README.md").read_text()
+    modelset.verify(with_model_folds)
+
+
+def test_task_folds_keep_their_file(with_folds: Path) -> None:
+    doc = json.loads((with_folds / FOLDS_FILE).read_text())
+    assert "unit" not in doc and all(f.unit == "task" for f in modelset.open(with_folds).folds)
+
+
+def _hold_out_twice(doc: dict) -> None:
+    model = doc["folds"][0]["heldout_model_ids"][0]
+    doc["folds"][1]["train_ids"].remove(model)
+    doc["folds"][1]["heldout_model_ids"].append(model)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_hold_out_twice, "held out twice"),
+        (lambda d: d["folds"][1]["heldout_model_ids"].clear(), "held out in exactly one model fold"),
+        (lambda d: d["folds"][0]["heldout_tasks"].append("t0"), "a model fold \\(unit 'model'\\) holds out none"),
+        (lambda d: d.update(unit="family"), "unit must be one of"),
+        (lambda d: d.pop("unit"), "hold out no task; task folds hold out at least one"),
+    ],
+)
+def test_tampered_model_folds_are_refused_by_name(with_model_folds: Path, change, message: str) -> None:
+    _tamper(with_model_folds, change)
+    with pytest.raises(SchemaError, match=message) as info:
+        _ = modelset.open(with_model_folds).folds
+    assert FOLDS_FILE in str(info.value)

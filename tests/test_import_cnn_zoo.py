@@ -44,13 +44,18 @@ def write_zoo(
     seed: int = 0,
     shuffle: bool = False,
     index_column: bool = False,
+    n_runs: int | None = None,
+    learnable: bool = False,
 ) -> tuple[np.ndarray, pd.DataFrame]:
-    """Write ``weights.npy``, ``metrics.csv.gz`` and ``layout.csv`` for one run per activation,
-    9 checkpoints each. Returns the weights and the metrics as written."""
+    """Write ``weights.npy``, ``metrics.csv.gz`` and ``layout.csv`` for ``n_runs`` runs (default:
+    one per activation; activations in turn), 9 checkpoints each. ``learnable``: the test accuracy
+    rises with the epoch and sets the weights' scale, the learning rate their mean, so that both
+    can be predicted from weights. Returns the weights and the metrics as written."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     rows, weights = [], []
-    for r, activation in enumerate(activations):
+    for r in range(len(activations) if n_runs is None else n_runs):
+        activation = activations[r % len(activations)]
         config = {
             "config.activation": activation,
             "config.b_init": "zeros",
@@ -70,11 +75,18 @@ def write_zoo(
             "config.w_init": ["he_normal", "glorot_normal", "orthogonal", "RandomNormal"][r % 4],
             "modeldir": f"/tmp/dnn_science_workdir/{dataset}/{1000 + r}",
         }
+        ceiling = float(rng.uniform(0.3, 0.95)) if learnable else 0.0  # the stream of other tests unchanged
         for epoch in ZOO_EPOCHS:
             acc = float(rng.uniform(0.1, 0.9))
+            if learnable:
+                acc = 0.1 + (ceiling - 0.1) * (1 - math.exp(-epoch / 15)) + float(rng.normal(0, 0.01))
             rows.append({**config, "step": epoch, "test_accuracy": acc, "test_loss": float(rng.uniform(0.2, 2.3)),
                          "train_accuracy": acc + 0.01, "train_loss": float(rng.uniform(0.2, 2.3))})  # fmt: skip
-            weights.append(rng.normal(0.0, 0.4, N_PARAMS).astype(np.float32))
+            if learnable:
+                offset = 0.05 * (np.log10(config["config.learning_rate"]) + 3)
+                weights.append((rng.normal(offset, 0.05 + 0.5 * acc, N_PARAMS)).astype(np.float32))
+            else:
+                weights.append(rng.normal(0.0, 0.4, N_PARAMS).astype(np.float32))
     w = np.stack(weights)
     metrics = pd.DataFrame(rows)
     if shuffle:
@@ -151,8 +163,14 @@ def test_import_writes_a_verified_set(zoo):
             assert row["input_norm"] == "minus_one_one" and row["final_epoch"] == 86 and bool(row["complete_run"])
             run = metrics[metrics["modeldir"] == first["modeldir"]].set_index("step")
             assert row["test_accuracy"] == run.loc[86, "test_accuracy"]
-            for epoch in ZOO_EPOCHS:
-                assert row[f"test_accuracy_epoch_{epoch}"] == run.loc[epoch, "test_accuracy"]
+        assert not [c for c in table.columns if "_epoch_" in c]  # the per-checkpoint figures: checkpoint_metrics
+        figures = ms.checkpoint_table
+        assert len(figures) == 36 and set(figures["model_id"]) == set(table.index)
+        for _, fig in figures.iterrows():
+            run = metrics[metrics["modeldir"] == table.loc[fig["model_id"], "source_run"]].set_index("step")
+            assert fig["checkpoint"] == _checkpoint(fig["epoch"]) and fig["step"] == fig["epoch"]
+            assert fig["test_accuracy"] == run.loc[fig["epoch"], "test_accuracy"]
+            assert fig["train_loss"] == run.loc[fig["epoch"], "train_loss"]
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
@@ -368,3 +386,18 @@ def test_cli_reports_bad_source(tmp_path, capsys):
     (tmp_path / "src" / "layout.csv").unlink()
     assert main(["import", "cnn-zoo", str(tmp_path / "src"), "--zoo", str(tmp_path / "out")]) == 2
     assert "layout.csv: the layout file is missing" in capsys.readouterr().err
+
+
+def test_import_ships_model_folds_over_every_data_set(tmp_path):
+    write_zoo(tmp_path / "src" / "mnist", n_runs=6)
+    write_zoo(tmp_path / "src" / "fashion_mnist", dataset="fashion_mnist", n_runs=6, seed=1)
+    import_cnn_zoo(tmp_path / "src", tmp_path / "out", folds=3, progress=False)
+    with modelset.open(tmp_path / "out") as ms:
+        folds, tasks = ms.folds, ms.metadata["task"]
+        assert len(folds) == 3 and sorted(m for f in folds for m in f.heldout_model_ids) == sorted(ms.metadata.index)
+        for f in folds:  # the field's split by runs: 2 runs of each data set held out, both trained on
+            assert f.unit == "model" and f.train_tasks == ("fashion_mnist", "mnist") and not f.heldout_tasks
+            assert sorted(tasks[list(f.heldout_model_ids)]) == ["fashion_mnist"] * 2 + ["mnist"] * 2
+    write_zoo(tmp_path / "one", n_runs=1)
+    import_cnn_zoo(tmp_path / "one", tmp_path / "out1", progress=False)  # nothing to hold out: no folds
+    assert not (tmp_path / "out1" / "splits" / "folds.json").exists() and modelset.open(tmp_path / "out1").folds == []

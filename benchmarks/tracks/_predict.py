@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from benchmarks import metrics
 from benchmarks.methods import SimilarityMethod
+from lps.splits import Split
 from modelset.reader import ModelSet
 
 #: (model id, checkpoint name)
@@ -38,6 +40,23 @@ PROTOCOL: dict[str, Any] = {
 _BOOSTING_KEYS = ("max_iter", "learning_rate", "max_leaf_nodes", "min_samples_leaf")
 #: Training items a PCA is fit on (a seeded sample when there are more).
 MAX_PCA_ROWS = 1000
+
+
+def scored_ids(split: Split) -> tuple[str, ...]:
+    """The models a prediction track scores on ``split``: every model of the held-out tasks of a
+    task fold; the held-out models of a model fold (``split.unit == "model"``, no held-out task)."""
+    return split.heldout_task_ids if split.unit == "task" else split.heldout_model_ids
+
+
+def units(ms: ModelSet, split: Split, ids: Sequence[str], **values: Sequence[float]) -> dict[str, Any]:
+    """The ``curves["per_unit"]`` record of ``values`` (one per model of ``ids``): per held-out
+    task on a task fold; on a model fold per task *and fold* (ids ``"<task>@fold<i>"``, unit
+    ``"model fold"``), so that a set with one task still gives the leaderboard one unit per fold."""
+    tasks = ms.metadata.loc[list(ids), "task"].astype(str).to_numpy()
+    if split.unit == "task":
+        return metrics.per_unit(tasks, **values)
+    record = metrics.per_unit([f"{t}@fold{split.fold}" for t in tasks], **values)
+    return {**record, "unit": "model fold"}
 
 
 def checkpoint_reason(method: SimilarityMethod, items: Sequence[Item], what: str) -> str:

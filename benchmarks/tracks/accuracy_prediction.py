@@ -6,10 +6,11 @@ The items are checkpoints: every named checkpoint of a model whose test accuracy
 trajectories; for a model without one, its final checkpoint and the table's ``test_accuracy``).
 The shared learner (:mod:`benchmarks.tracks._predict`) is fit on the method's embeddings of the
 training models' checkpoints and predicts the accuracy of every checkpoint of the held-out tasks'
-models. Scored per held-out task — Kendall τ (scipy) and R² (scikit-learn) over the task's
-checkpoints — and pooled over all held-out checkpoints, as the paper reports it. With
-``weight_stats`` this track is the paper's StatNN baseline: per-layer weight statistics and
-gradient boosting.
+models (on a model fold, which holds out no task: of the fold's held-out models, as the paper's
+split by runs). Scored per held-out task (per task and fold on model folds) — Kendall τ (scipy)
+and R² (scikit-learn) over the task's checkpoints — and pooled over all held-out checkpoints, as
+the paper reports it. With ``weight_stats`` this track is the paper's StatNN baseline: per-layer
+weight statistics and gradient boosting.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pandas as pd
 
 from benchmarks import metrics
 from benchmarks.methods import SimilarityMethod
-from benchmarks.tracks._predict import PROTOCOL, Item, Learner, checkpoint_reason
+from benchmarks.tracks._predict import PROTOCOL, Item, Learner, checkpoint_reason, scored_ids, units
 from benchmarks.tracks._registry import Track, TrackMeta, TrackOutcome, register_track, tasks_of
 from lps.splits import Split
 from modelset.reader import ModelSet
@@ -76,20 +77,21 @@ class AccuracyPrediction(Track):
             return "the set records no test accuracy (no test_accuracy or checkpoint_metrics column)"
         if len(accuracy_items(ms, split.train_ids)) < 2:
             return "fewer than 2 training checkpoints with a recorded test accuracy"
-        if accuracy_items(ms, split.heldout_task_ids).empty:
-            return "no checkpoint of a held-out-task model has a recorded test accuracy"
+        if accuracy_items(ms, scored_ids(split)).empty:
+            held = "held-out-task model" if split.unit == "task" else "held-out model"
+            return f"no checkpoint of a {held} has a recorded test accuracy"
         return ""
 
     def evaluate(self, method: SimilarityMethod, ms: ModelSet, split: Split) -> TrackOutcome:
         if not self.not_applicable(ms, split):
-            items = _items(accuracy_items(ms, split.train_ids)) + _items(accuracy_items(ms, split.heldout_task_ids))
+            items = _items(accuracy_items(ms, split.train_ids)) + _items(accuracy_items(ms, scored_ids(split)))
             reason = checkpoint_reason(method, items, "accuracy prediction")
             if reason:
                 return TrackOutcome("not_applicable", reason=reason)
         return super().evaluate(method, ms, split)
 
     def _evaluate(self, method: SimilarityMethod, ms: ModelSet, split: Split) -> tuple[dict[str, float], dict[str, Any]]:
-        train, test = accuracy_items(ms, split.train_ids), accuracy_items(ms, split.heldout_task_ids)
+        train, test = accuracy_items(ms, split.train_ids), accuracy_items(ms, scored_ids(split))
         truth = test["test_accuracy"].to_numpy(dtype=float)
         learner = Learner(method, ms, split.seed, self.config)
         predicted = learner.regress(_items(train), train["test_accuracy"].to_numpy(dtype=float), _items(test))
@@ -98,11 +100,11 @@ class AccuracyPrediction(Track):
         for task in sorted(set(tasks)):
             rows = tasks == task
             tau[task], r2[task] = metrics.kendall_tau(truth[rows], predicted[rows]), metrics.r2(truth[rows], predicted[rows])
-        units = metrics.per_unit(tasks, kendall_tau=[tau[t] for t in tasks], r2=[r2[t] for t in tasks])
+        per_unit = units(ms, split, test["model_id"].tolist(), kendall_tau=[tau[t] for t in tasks], r2=[r2[t] for t in tasks])
         keep = np.unique(np.linspace(0, len(truth) - 1, min(MAX_POINTS, len(truth))).round().astype(int))
         return (
             {
-                **{name: metrics.nanmean(values) for name, values in units["metrics"].items()},
+                **{name: metrics.nanmean(values) for name, values in per_unit["metrics"].items()},
                 "pooled_kendall_tau": metrics.kendall_tau(truth, predicted),
                 "pooled_r2": metrics.r2(truth, predicted),
                 "n_checkpoints": len(test),
@@ -111,7 +113,7 @@ class AccuracyPrediction(Track):
                 "checkpoints_per_model": len(test) / max(1, test["model_id"].nunique()),
             },
             {
-                "per_unit": units,
+                "per_unit": per_unit,
                 "learner": learner.kind,
                 "scatter": {
                     "truth": [round(float(v), 5) for v in truth[keep]],

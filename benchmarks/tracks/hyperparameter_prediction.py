@@ -6,10 +6,12 @@ Unterthiner et al. 2020).
 From the final weights of a held-out task's base model, predict how it was trained: the
 optimizer (accuracy), the log learning rate, the log weight decay and the number of epochs
 (Kendall τ and R²). The shared learner (:mod:`benchmarks.tracks._predict`) is fit on the method's
-embeddings of the training base models. Every target is scored per held-out task (unit of the
-intervals) and pooled. A target whose column is absent or constant is skipped and listed in the
-outcome; a value ≤ 0 of a log-scale target (no weight decay) is set one decade below the
-smallest positive value so that it stays the smallest.
+embeddings of the training base models. On a model fold (no held-out task: an imported zoo split
+by runs) the held-out base models are the fold's held-out models. Every target is scored per
+held-out task (unit of the intervals; per task and fold on model folds) and pooled. A target
+whose column is absent or constant is skipped and listed in the outcome; a value ≤ 0 of a
+log-scale target (no weight decay) is set one decade below the smallest positive value so that
+it stays the smallest.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pandas as pd
 
 from benchmarks import metrics
 from benchmarks.methods import SimilarityMethod
-from benchmarks.tracks._predict import PROTOCOL, Learner
+from benchmarks.tracks._predict import PROTOCOL, Learner, scored_ids, units
 from benchmarks.tracks._registry import Track, TrackMeta, register_track, tasks_of
 from lps.splits import Split
 from modelset.reader import ModelSet
@@ -94,16 +96,17 @@ class HyperparameterPrediction(Track):
     )
 
     def _not_applicable(self, ms: ModelSet, split: Split) -> str:
-        train, test = base_ids(ms, split.train_ids), base_ids(ms, split.heldout_task_ids)
+        train, test = base_ids(ms, split.train_ids), base_ids(ms, scored_ids(split))
         if len(train) < 2 or not test:
-            return "needs at least 2 training base models and one held-out-task base model"
+            held = "held-out-task" if split.unit == "task" else "held-out"
+            return f"needs at least 2 training base models and one {held} base model"
         skipped = skipped_targets(ms, train, test)
         if len(skipped) == len(TARGETS):
             return "no target can be scored: " + "; ".join(f"{k}: {v}" for k, v in skipped.items())
         return ""
 
     def _evaluate(self, method: SimilarityMethod, ms: ModelSet, split: Split) -> tuple[dict[str, float], dict[str, Any]]:
-        train, test = base_ids(ms, split.train_ids), base_ids(ms, split.heldout_task_ids)
+        train, test = base_ids(ms, split.train_ids), base_ids(ms, scored_ids(split))
         skipped = skipped_targets(ms, train, test)
         learner = Learner(method, ms, split.seed, self.config)
         tasks = tasks_of(ms, test)
@@ -147,10 +150,10 @@ class HyperparameterPrediction(Track):
                 found[f"pooled_{names[0]}"] = metrics.kendall_tau(truth, predicted)
                 found[f"pooled_{names[1]}"] = metrics.r2(truth, predicted)
             per_item.update(values)
-        units = metrics.per_unit(tasks, **per_item)
-        found.update({name: metrics.nanmean(values) for name, values in units["metrics"].items()})
+        per_unit = units(ms, split, test, **per_item)
+        found.update({name: metrics.nanmean(values) for name, values in per_unit["metrics"].items()})
         found["n_models"], found["n_train_models"] = len(test), len(train)
-        return found, {"per_unit": units, "skipped": skipped, "learner": learner.kind}
+        return found, {"per_unit": per_unit, "skipped": skipped, "learner": learner.kind}
 
 
 def _spread(rows: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -13,7 +13,9 @@ MoTHer): where a model came from, from its weights.
   checkpoints; a run is scored by the fraction of its checkpoint pairs in the right order (a tie
   counts one half). The same learner for every method, so no method's similarity scale matters.
 
-Both are reported per held-out task (the intervals' unit) and averaged over tasks.
+Both are reported per held-out task (the intervals' unit) and averaged over tasks. On a model fold
+(no held-out task: an imported zoo split by runs) the fold's held-out models take the place of the
+held-out tasks' models, and the unit is a task in one fold.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ import pandas as pd
 
 from benchmarks import metrics
 from benchmarks.methods import SimilarityMethod
-from benchmarks.tracks._predict import PROTOCOL, Item, Learner, checkpoint_reason
-from benchmarks.tracks._registry import Track, TrackMeta, TrackOutcome, register_track, tasks_of
+from benchmarks.tracks._predict import PROTOCOL, Item, Learner, checkpoint_reason, scored_ids, units
+from benchmarks.tracks._registry import Track, TrackMeta, TrackOutcome, register_track
 from lps.splits import Split, family_roots
 from modelset.reader import ModelSet
 
@@ -100,6 +102,10 @@ def runs(ms: ModelSet, ids: list[str] | tuple[str, ...]) -> pd.DataFrame:
     return table[spread >= 2].reset_index(drop=True)
 
 
+def _held(split: Split) -> str:
+    return "held-out-task" if split.unit == "task" else "held-out"
+
+
 def _items(frame: pd.DataFrame) -> list[Item]:
     return list(zip(frame["model_id"].astype(str), frame["checkpoint"].astype(str)))
 
@@ -120,22 +126,22 @@ class Lineage(Track):
     )
 
     def _not_applicable(self, ms: ModelSet, split: Split) -> str:
-        if parent_queries(ms, split.heldout_task_ids):
+        if parent_queries(ms, scored_ids(split)):
             return ""
-        if not runs(ms, split.train_ids).empty and not runs(ms, split.heldout_task_ids).empty:
+        if not runs(ms, split.train_ids).empty and not runs(ms, scored_ids(split)).empty:
             return ""
-        return "no held-out-task variant with a base-model parent, and no held-out run with two or more checkpoints"
+        return f"no {_held(split)} variant with a base-model parent, and no held-out run with two or more checkpoints"
 
     def evaluate(self, method: SimilarityMethod, ms: ModelSet, split: Split) -> TrackOutcome:
-        if not self.not_applicable(ms, split) and not parent_queries(ms, split.heldout_task_ids):
-            items = _items(runs(ms, split.train_ids)) + _items(runs(ms, split.heldout_task_ids))
+        if not self.not_applicable(ms, split) and not parent_queries(ms, scored_ids(split)):
+            items = _items(runs(ms, split.train_ids)) + _items(runs(ms, scored_ids(split)))
             reason = checkpoint_reason(method, items, "checkpoint order")
             if reason:
-                return TrackOutcome("not_applicable", reason=f"no held-out-task variant with a parent; {reason}")
+                return TrackOutcome("not_applicable", reason=f"no {_held(split)} variant with a parent; {reason}")
         return super().evaluate(method, ms, split)
 
     def _parents(self, method: SimilarityMethod, ms: ModelSet, split: Split) -> tuple[list[str], dict[str, np.ndarray]]:
-        queries = parent_queries(ms, split.heldout_task_ids)
+        queries = parent_queries(ms, scored_ids(split))
         ids = sorted(queries)
         out = {name: np.full(len(ids), np.nan) for name in ("rank1", "map", "chance_rank1", "chance_map", "gallery")}
         if not ids:
@@ -157,9 +163,10 @@ class Lineage(Track):
         return ids, out
 
     def _order(self, method: SimilarityMethod, ms: ModelSet, split: Split) -> tuple[list[str], np.ndarray, str, str]:
-        train, test = runs(ms, split.train_ids), runs(ms, split.heldout_task_ids)
+        train, test = runs(ms, split.train_ids), runs(ms, scored_ids(split))
         if train.empty or test.empty:
-            return [], np.zeros(0), "no run with two or more checkpoints in the training models or the held-out tasks", ""
+            held = "the held-out tasks" if split.unit == "task" else "the held-out models"
+            return [], np.zeros(0), f"no run with two or more checkpoints in the training models or {held}", ""
         reason = checkpoint_reason(method, _items(train) + _items(test), "checkpoint order")
         if reason:
             return [], np.zeros(0), reason, ""
@@ -176,13 +183,13 @@ class Lineage(Track):
         queries, parents = self._parents(method, ms, split)
         run_ids, order, order_reason, learner = self._order(method, ms, split)
         n_q, n_r = len(queries), len(run_ids)
-        units = metrics.per_unit(
-            list(tasks_of(ms, queries)) + list(tasks_of(ms, run_ids)),
+        per_unit = units(
+            ms, split, list(queries) + list(run_ids),
             rank1=np.concatenate([parents["rank1"], np.full(n_r, np.nan)]),
             map=np.concatenate([parents["map"], np.full(n_r, np.nan)]),
             order_accuracy=np.concatenate([np.full(n_q, np.nan), order]),
         )
-        found: dict[str, float] = {name: metrics.nanmean(values) for name, values in units["metrics"].items()}
+        found: dict[str, float] = {name: metrics.nanmean(values) for name, values in per_unit["metrics"].items()}
         found |= {
             "chance_rank1": metrics.nanmean(parents["chance_rank1"]),
             "chance_map": metrics.nanmean(parents["chance_map"]),
@@ -191,9 +198,9 @@ class Lineage(Track):
             "n_runs": n_r,
             "pooled_order_accuracy": metrics.nanmean(order),
         }
-        curves: dict[str, Any] = {"per_unit": units, "learner": learner}
+        curves: dict[str, Any] = {"per_unit": per_unit, "learner": learner}
         if not queries:
-            curves["parent_not_applicable"] = "no held-out-task variant with a base-model parent"
+            curves["parent_not_applicable"] = f"no {_held(split)} variant with a base-model parent"
         if order_reason:
             curves["order_not_applicable"] = order_reason
         return found, curves

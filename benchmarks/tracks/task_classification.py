@@ -42,6 +42,8 @@ class TaskClassification(Track):
     def _not_applicable(self, ms: ModelSet, split: Split) -> str:
         if not self._queries(split):
             return f"no {self.queries_name}"
+        if len(split.train_tasks) < 2:  # e.g. an imported zoo of one data set: nothing to tell apart
+            return f"fewer than 2 training tasks ({len(split.train_tasks)}) to classify models into"
         return ""
 
     def _evaluate(self, method: SimilarityMethod, ms: ModelSet, split: Split) -> tuple[dict[str, float], dict[str, Any]]:

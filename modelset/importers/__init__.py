@@ -21,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--runs-per-shard", type=int, default=1024, help="runs per HDF5 shard (default 1024)")
     parser.add_argument("--name", default="small-cnn-zoo", help="name of the model set")
+    parser.add_argument("--folds", type=int, default=5, help="model folds of the set's evaluation protocol (default 5)")
 
 
 def import_zoo(args: argparse.Namespace) -> int:
@@ -33,6 +34,7 @@ def import_zoo(args: argparse.Namespace) -> int:
         skip_nonfinite=args.skip_nonfinite,
         runs_per_shard=args.runs_per_shard,
         name=args.name,
+        folds=args.folds,
     )
     skipped = sum(summary["skipped_runs"].values())
     print(

@@ -21,7 +21,9 @@ run's ``activation``; kernels are transposed to torch's OIHW and ``(out, in)``.
 
 Every run (one ``modeldir``) becomes one model with a stable id derived from its data set and
 ``modeldir``; its checkpoints are named ``init`` (epoch 0), ``epoch_<e>`` and ``final`` (its last
-checkpoint; the ``final_epoch`` column says which epoch that is). The source is untrusted: files
+checkpoint; the ``final_epoch`` column says which epoch that is), with the figures of every
+checkpoint in the ``checkpoint_metrics`` column (``ModelSet.checkpoint_table``). The set ships model
+folds (every run held out once, per data set). The source is untrusted: files
 are size-bounded, ``weights.npy`` is memory-mapped without pickle, and every problem is an
 ``ImportSourceError`` naming the file and row.
 """
@@ -421,6 +423,13 @@ def read_source(folder: Path) -> ZooSource:
             raise ImportSourceError(
                 f"{metrics_path}, row {row}: {column} is {metrics[column].iloc[row]!r}, not a number"
             )
+    accuracy = pd.to_numeric(metrics["test_accuracy"], errors="coerce").to_numpy(dtype=float)
+    outside = np.isfinite(accuracy) & ((accuracy < 0) | (accuracy > 1))
+    if outside.any():
+        row = int(np.flatnonzero(outside)[0])
+        raise ImportSourceError(
+            f"{metrics_path}, row {row}: test_accuracy is {accuracy[row]}, expected a fraction in [0, 1]"
+        )
     runs = _check_runs(metrics, metrics_path)
     return ZooSource(folder, datasets[0], layout, metrics, weights, runs)
 
@@ -515,10 +524,28 @@ def run_rows(source: ZooSource) -> Iterator[tuple[str, np.ndarray, dict[str, Any
         row["complete_run"] = row["final_epoch"] == row["epochs"]
         for metric in METRIC_COLUMNS:
             row[metric] = float(numbers[metric][rows[-1]])
-        for r in rows:
-            for metric in METRIC_COLUMNS:
-                row[f"{metric}_epoch_{int(steps[r])}"] = float(numbers[metric][r])
+        row["checkpoint_metrics"] = checkpoint_metrics(source, rows, steps, numbers)
         yield model_id(task_id, modeldir), rows, row
+
+
+def checkpoint_metrics(
+    source: ZooSource, rows: np.ndarray, steps: np.ndarray, numbers: dict[str, np.ndarray]
+) -> str:
+    """The model table's ``checkpoint_metrics`` of one run (JSON text, the builder's contract read
+    by ``ModelSet.checkpoint_table``): per checkpoint its ``epoch`` and ``step`` (both the zoo's
+    ``step`` column, which counts epochs), ``test_accuracy`` and ``train_loss`` (null when not a
+    number). A checkpoint without a finite test accuracy is left out (``read_source`` refused any
+    outside [0, 1])."""
+    figures: dict[str, dict[str, Any]] = {}
+    for i, r in enumerate(rows):
+        acc, loss = float(numbers["test_accuracy"][r]), float(numbers["train_loss"][r])
+        if not math.isfinite(acc):
+            continue
+        epoch = int(steps[r])
+        figures[checkpoint_name(epoch, i == len(rows) - 1)] = {
+            "epoch": epoch, "step": epoch, "test_accuracy": acc, "train_loss": loss if math.isfinite(loss) else None,
+        }  # fmt: skip
+    return json.dumps(figures, separators=(",", ":"))
 
 
 def task_table(sources: Sequence[ZooSource]) -> pd.DataFrame:
@@ -573,6 +600,7 @@ def import_cnn_zoo(
     skip_nonfinite: bool = False,
     runs_per_shard: int = 1024,
     name: str = "small-cnn-zoo",
+    folds: int = 5,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Convert the Small CNN Zoo at ``src`` (its folder, or one data set folder of it) into a model
@@ -582,16 +610,22 @@ def import_cnn_zoo(
     raise ``ImportSourceError`` unless ``skip_nonfinite``, which leaves out every run with such a
     checkpoint (as the zoo's authors filter them). Writing is atomic per shard of
     ``runs_per_shard`` runs and resumable: run the same command again after an interruption.
+    The set ships ``folds`` model folds (``splits/folds.json``, :func:`modelset.folds.make_model_folds`:
+    every run held out once, per data set; the field splits this zoo by runs, not data sets),
+    none when fewer than 2 runs are imported.
     """
     from tqdm.auto import tqdm
 
     from modelset import _atomic
     from modelset.card import LICENSE_FILE
+    from modelset.errors import SchemaError
+    from modelset.folds import FoldConfig, make_model_folds
     from modelset.shards import ModelRecord
     from modelset.writer import ModelSetWriter, write_checksums
 
     if runs_per_shard < 1:
         raise ValueError(f"runs_per_shard must be positive, got {runs_per_shard}")
+    fold_config = FoldConfig.from_dict({"k": folds, "unit": "model"}, "folds")
     sources = [read_source(folder) for folder in find_sources(Path(src))]
     tasks = [s.task_id for s in sources]
     if len(set(tasks)) != len(tasks):
@@ -614,6 +648,7 @@ def import_cnn_zoo(
         "sources": [s.fingerprint() for s in sources],
         "skip_nonfinite": bool(skip_nonfinite),
         "runs_per_shard": int(runs_per_shard),
+        "folds": {"unit": "model", "k": fold_config.k, "seed": fold_config.seed},
     }
     summary: dict[str, Any] = {"models": 0, "checkpoints": 0, "skipped_runs": {}}
     with ModelSetWriter.open(out, name, config, overwrite=overwrite) as writer:
@@ -647,6 +682,10 @@ def import_cnn_zoo(
             if n_skipped:
                 log.warning("%s: left out %d runs with NaN or Inf parameters", source.folder, n_skipped)
         bar.close()
+        try:
+            writer.set_folds(make_model_folds(writer.table, fold_config), fold_config)
+        except SchemaError as exc:  # a single run: nothing to hold out
+            log.warning("%s: no folds written (%s)", out, exc)
         writer.set_header_field(
             "import", {**summary, "checkpoint_names": "init = epoch 0, epoch_<e>, final = last (final_epoch)"}
         )
