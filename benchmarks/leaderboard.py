@@ -359,13 +359,20 @@ def markdown(results: list[Result], board: Board | None = None) -> str:
     folds = sorted({r.fold for r in results})
     reliable = reliability(results)
     controls = [m for m in methods if metas[m].get("control")]
+    by_model = bool(results) and all(not r.split.get("heldout_tasks") and r.split.get("heldout_model_ids") for r in results)
+    if by_model:  # a set with too few tasks for task folds (an imported zoo): its models are held out
+        protocol, unit_text = "model folds", "held-out units (a task's held-out models in one fold)"
+        held_out = "every model is held out in exactly one fold"
+    else:
+        protocol, unit_text = "task folds", "held-out tasks"
+        held_out = "every task is held out in exactly one fold"
     lines = [
         "# ModelSet leaderboard",
         "",
         f"Model set **{zoo.get('name', '?')}** ({zoo.get('models', '?')} models, SHA256SUMS digest "
-        f"`{str(zoo.get('sha256sums_sha256', ''))[:12]}`), task folds {folds}, from {len(results)} result files. "
-        "Each cell: mean over held-out tasks [95 % bootstrap interval]; every task is held out in exactly one "
-        "fold and learned methods are fit on that fold's training models only. Bold: the best non-control "
+        f"`{str(zoo.get('sha256sums_sha256', ''))[:12]}`), {protocol} {folds}, from {len(results)} result files. "
+        f"Each cell: mean over {unit_text} [95 % bootstrap interval]; {held_out} and learned methods are fit on "
+        "that fold's training models only. Bold: the best non-control "
         "method of the column and every method not significantly different from it (two-sided Wilcoxon "
         f"signed-rank test over tasks, p ≥ 0.05). Controls ({', '.join(controls) or 'none'}) are listed "
         "last; † marks methods that read the task labels. Access: `weights` reads parameters only, `forward` "

@@ -83,3 +83,4 @@ def test_the_leaderboard_renders(board) -> None:
     assert main(["leaderboard", "--results", str(board / "results"), "--out", str(board / "board")]) == 0
     text = (board / "board" / "leaderboard.md").read_text()
     assert "accuracy τ" in text and "weight_stats" in text
+    assert "model folds [0, 1, 2, 3, 4]" in text and "every model is held out in exactly one fold" in text
