@@ -17,14 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import modelset  # noqa: E402
 from lps._bank import bank_from_modelset  # noqa: E402
 from lps.splits import fold  # noqa: E402
 from lps.train import train  # noqa: E402
+from modelset.runtime import Runtime  # noqa: E402
 
 
 def main() -> int:
@@ -37,7 +36,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats (best is reported)")
     parser.add_argument("--out", help="also write the figures to this JSON file")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    Runtime(threads=args.threads).apply()
     with tempfile.TemporaryDirectory() as tmp:
         if args.zoo:
             ms = modelset.open(args.zoo)

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import modelset  # noqa: E402
+from modelset.runtime import Runtime
 from modelset.synthetic import write_synthetic  # noqa: E402
 
 
@@ -68,7 +69,7 @@ def main() -> int:
                         help="evict the files from the page cache before each timed read (posix_fadvise)")
     parser.add_argument("--out", help="also write the figures to this JSON file")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    Runtime(threads=args.threads).apply()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         root = Path(args.zoo) if args.zoo else write_synthetic(work / "set", args.models, n_tasks=20, seed=0)

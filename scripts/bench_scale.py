@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import modelset  # noqa: E402
+from modelset.runtime import Runtime
 from modelset.synthetic import write_synthetic  # noqa: E402
 
 log = logging.getLogger("bench_scale")
@@ -163,7 +164,7 @@ def main() -> int:
     parser.add_argument("--out", help="also write the figures to this JSON file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(args.threads)
+    Runtime(threads=args.threads).apply()
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
         base = write_synthetic(work / "lps-train", 500, n_tasks=N_TASKS, seed=1)

@@ -30,6 +30,7 @@ from builders.build import load_config
 from builders.engine import TaskTensors, TrainSpec, train_models
 from builders.tasks import tasks_from_config
 from modelset.architectures import build_architecture
+from modelset.runtime import Runtime
 from modelset.tasks import Task, task_data
 
 
@@ -101,7 +102,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the figures into this JSON file (updating "
                     "the references measured now; the config's data.converged_reference names it for the card)")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    Runtime(threads=args.threads).apply()
     cfg = load_config(args.config).to_dict()  # the keys as written
     task_ids = args.tasks.split(",")
     lrs = [float(v) for v in args.lrs.split(",")]
