@@ -18,7 +18,7 @@ from lps.augment import Augmentation, augment, prune
 from lps.features import compute_features
 from lps.model import LPS, newton_schulz_sqrt
 from lps.pairs import PairSampler
-from lps.search import load_checkpoint, match_architecture
+from lps.search import load_checkpoint, match_architecture, search_zoo
 from lps.splits import fold, make_folds
 from lps.weights import WeightSpace
 from modelset.errors import ModelSetError
@@ -191,7 +191,7 @@ def test_search_returns_the_query_model_first(zoo, trained, tmp_path, capsys) ->
     state = zoo.state_dict(mid)
     save_file(state, str(tmp_path / "query.safetensors"))
     torch.save(state, tmp_path / "query.pt")
-    table = lps.search(scorer, zoo, state, k=5)
+    table = search_zoo(scorer, zoo, state, k=5)
     assert table["model_id"].iloc[0] == mid and len(table) == 5
     assert table["score"].iloc[0] == pytest.approx(1.0, abs=1e-5)
     assert table["task"].iloc[0] == zoo.metadata.loc[mid, "task"]
@@ -405,5 +405,5 @@ def test_every_family_trains_embeds_and_is_found(family_zoo, mode) -> None:
         ("t3-pruned-1", "t1-resnet-0") if mode == "pairs" else ("t3-nsl_dynamic-0", "t2-shape_adaptor-1")
     )
     for mid in queries:
-        table = lps.search(scorer, family_zoo, family_zoo.state_dict(mid), k=3)
+        table = search_zoo(scorer, family_zoo, family_zoo.state_dict(mid), k=3)
         assert table["model_id"].iloc[0] == mid

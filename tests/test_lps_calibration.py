@@ -10,6 +10,7 @@ import pytest
 import lps
 import modelset
 from lps.calibration import CALIBRATION_FILE, Calibration, expected_calibration_error, fit_calibration
+from lps.search import search_zoo
 from modelset.errors import ModelSetError
 from modelset.synthetic import write_synthetic
 
@@ -59,7 +60,7 @@ def test_save_load_and_a_damaged_file(calibrated, tmp_path) -> None:
 def test_search_shows_probabilities(calibrated) -> None:
     ms, scorers, calibration = calibrated
     mid = ms.metadata.index[3]
-    hits = lps.search(scorers[0], ms, ms.state_dict(mid), k=4, calibration=calibration)
+    hits = search_zoo(scorers[0], ms, ms.state_dict(mid), k=4, calibration=calibration)
     assert {"p_same_task", "p_same_labels", "p_same_domain"} <= set(hits.columns)
     assert hits["p_same_task"].is_monotonic_decreasing and hits["model_id"].iloc[0] == mid
     with pytest.raises(ModelSetError, match="at least 2 task folds"):
