@@ -31,7 +31,6 @@ from benchmarks.methods._registry import MethodMeta, MethodNotApplicable, Simila
 from benchmarks.methods._train import fit_contrastive, task_labels
 from lps.weights import WeightSpace
 from modelset.reader import ModelSet
-from modelset.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +83,7 @@ class NFN(SimilarityMethod):
         description="NP layers, invariant pooling and an MLP over chained weights; contrastive training",
         config={"hidden": 8, "dim": 32, "depth": 2, "steps": 100, "lr": 3e-3, "batch_size": 32},
     )
+    kernel_threads = 1  # tiny ops: a second thread cost 20x on two busy cores
 
     def _groups(
         self, ms: ModelSet, ids: list[str], layout: tuple[tuple[int, ...], ...] | None, checkpoint: str = "final"
@@ -116,10 +116,6 @@ class NFN(SimilarityMethod):
         )
 
     def _fit(self, ms: ModelSet, train_ids: list[str], seed: int) -> None:
-        with Runtime.worker_threads(1):  # tiny ops: a second thread cost 20x on two busy cores
-            self._fit_encoder(ms, train_ids, seed)
-
-    def _fit_encoder(self, ms: ModelSet, train_ids: list[str], seed: int) -> None:
         groups = self._groups(ms, train_ids, None)
         layouts = {layout_key(f) for _, f in groups}
         if len(layouts) > 1:
@@ -161,10 +157,6 @@ class NFN(SimilarityMethod):
         )
 
     def _embed(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> torch.Tensor:
-        with Runtime.worker_threads(1):
-            return self._embed_models(ms, ids, checkpoint)
-
-    def _embed_models(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> torch.Tensor:
         out = torch.empty(len(ids), int(self.config["dim"]))
         with torch.no_grad():
             for pos, feats in self._groups(ms, ids, self.layout, checkpoint):

@@ -29,7 +29,6 @@ from benchmarks.methods._train import fit_contrastive, task_labels
 from modelset.architectures import build_architecture, decode_kwargs
 from modelset.datasets import DATASETS
 from modelset.reader import ModelSet
-from modelset.runtime import Runtime
 from modelset.tasks import input_norm_affine
 
 log = logging.getLogger(__name__)
@@ -99,6 +98,7 @@ class ProbeGen(SimilarityMethod):
         config={"n_probes": 16, "latent": 16, "hidden": 64, "depth": 3, "dim": 32, "steps": 100, "lr": 3e-3,
                 "batch_size": 32},
     )
+    kernel_threads = 1  # tiny ops: a second thread cost 20x on two busy cores
 
     # -- reading models -----------------------------------------------------------------------
     def _input_shape(self, ms: ModelSet, model_id: str, kwargs: dict) -> tuple[int, int, int]:
@@ -172,10 +172,6 @@ class ProbeGen(SimilarityMethod):
 
     # -- the steps ------------------------------------------------------------------------------
     def _fit(self, ms: ModelSet, train_ids: list[str], seed: int) -> None:
-        with Runtime.worker_threads(1):  # tiny ops: a second thread cost 20x on two busy cores
-            self._fit_encoder(ms, train_ids, seed)
-
-    def _fit_encoder(self, ms: ModelSet, train_ids: list[str], seed: int) -> None:
         self._built: dict[tuple[str, str], nn.Module] = {}
         self._no_vmap: set[tuple[str, str]] = set()
         # The widest head of the set fixes the representation width (as prediction_agreement).
@@ -206,10 +202,6 @@ class ProbeGen(SimilarityMethod):
         )
 
     def _embed(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> torch.Tensor:
-        with Runtime.worker_threads(1):
-            return self._embed_models(ms, ids, checkpoint)
-
-    def _embed_models(self, ms: ModelSet, ids: list[str], checkpoint: str = "final") -> torch.Tensor:
         out = torch.empty(len(ids), int(self.config["dim"]))
         with torch.no_grad():
             for group in self._groups(ms, ids, checkpoint):
