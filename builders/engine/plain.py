@@ -44,9 +44,8 @@ def train_plain(spec: TrainSpec, data: TaskTensors, device: str = "cpu") -> Trai
         trajectory["init"] = {"epoch": 0, "step": 0, "test_accuracy": evaluate_model(model, spec, data, device),
                               "train_loss": None}  # fmt: skip
     keep_at = {e * batches.spe: e for e in spec.checkpoint_epochs}
-    epoch_losses: list[float] = []
+    epoch_losses: list[float] = []  # the epoch under way; the last epoch's is the train_loss
     model.train()
-    losses: list[float] = []
     for step in range(batches.total):
         idx = batches.at(step)
         xb = convert_input_norm(data.x_train[idx], data.dataset, spec.input_norm)
@@ -58,8 +57,8 @@ def train_plain(spec: TrainSpec, data: TaskTensors, device: str = "cpu") -> Trai
         loss.backward()
         opt.step()
         sched.step()
-        if step >= batches.total - batches.spe:
-            losses.append(loss.item())
+        if step % batches.spe == 0:
+            epoch_losses = []
         epoch_losses.append(loss.item())
         if step + 1 in keep_at:
             name = checkpoint_name(keep_at[step + 1])
@@ -68,8 +67,6 @@ def train_plain(spec: TrainSpec, data: TaskTensors, device: str = "cpu") -> Trai
                                 "test_accuracy": evaluate_model(model, spec, data, device),
                                 "train_loss": sum(epoch_losses) / len(epoch_losses)}  # fmt: skip
             model.train()
-        if (step + 1) % batches.spe == 0:
-            epoch_losses = []
     accuracy = evaluate_model(model, spec, data, device)
     final = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
     result = TrainResult(
@@ -77,7 +74,7 @@ def train_plain(spec: TrainSpec, data: TaskTensors, device: str = "cpu") -> Trai
         init,
         final,
         accuracy,
-        sum(losses) / max(1, len(losses)),
+        sum(epoch_losses) / max(1, len(epoch_losses)),
         batches.total,
         chance(data.y_test, data.num_classes),
     )

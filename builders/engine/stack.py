@@ -218,12 +218,12 @@ def train_stack(
     batches = [Batches(s, data[s.task_id].x_train.shape[0]) for s in specs]
     order = list(range(len(specs)))  # positions in ``specs`` of the models still in the stack
     results: dict[int, TrainResult] = {}
-    last_losses: dict[int, list[float]] = {i: [] for i in order}
+    # Training loss of the epoch under way (the last epoch's is the model's train_loss).
+    epoch_losses: dict[int, list[float]] = {i: [] for i in order}
     # Trajectories: the step after which each kept epoch ends, and the figures gathered so far.
     keep_at = [{e * b.spe: e for e in s.checkpoint_epochs} for s, b in zip(specs, batches)]
     kept: dict[int, dict[str, dict[str, torch.Tensor]]] = {i: {} for i in order}
     trajectory: dict[int, dict[str, dict]] = {i: {} for i in order}
-    epoch_losses: dict[int, list[float]] = {i: [] for i in order}
     traced = [j for j, i in enumerate(order) if specs[i].checkpoint_epochs]
     if traced:
         _keep(stack, traced, order, data, dev, kept, trajectory, epoch=0, step=0, losses=None)
@@ -238,23 +238,19 @@ def train_stack(
         factors = [lr_factor(specs[i].schedule, step, batches[i].total) for i in order]
         stack.step(step + 1, torch.tensor(factors, device=dev))
         for i, loss in zip(order, per_model.detach().tolist()):
-            if step >= batches[i].total - batches[i].spe:
-                last_losses[i].append(loss)
-            if specs[i].checkpoint_epochs:
-                epoch_losses[i].append(loss)
+            if step % batches[i].spe == 0:
+                epoch_losses[i] = []
+            epoch_losses[i].append(loss)
         due: dict[int, list[int]] = {}  # epoch → stack positions whose run ends it now: one eval each
         for j, i in enumerate(order):
             if step + 1 in keep_at[i]:
                 due.setdefault(keep_at[i][step + 1], []).append(j)
         for epoch, positions in due.items():
             _keep(stack, positions, order, data, dev, kept, trajectory, epoch=epoch, step=step + 1, losses=epoch_losses)
-        for i in order:
-            if specs[i].checkpoint_epochs and (step + 1) % batches[i].spe == 0:
-                epoch_losses[i] = []
         done = [j for j, i in enumerate(order) if batches[i].total == step + 1]
         advance(len(order), len(done))
         if done:
-            _finish(stack, done, order, data, results, last_losses, batches, dev)
+            _finish(stack, done, order, data, results, epoch_losses, batches, dev)
             for j in done:
                 i = order[j]
                 if specs[i].checkpoint_epochs:
@@ -321,7 +317,7 @@ def _finish(
     order: list[int],
     data: Mapping[str, TaskTensors],
     results: dict[int, TrainResult],
-    last_losses: dict[int, list[float]],
+    epoch_losses: dict[int, list[float]],
     batches: list[Batches],
     dev: torch.device,
 ) -> None:
@@ -332,7 +328,7 @@ def _finish(
         i = order[j]
         spec = stack.specs[j]
         d = data[spec.task_id]
-        losses = last_losses[i]
+        losses = epoch_losses[i]
         results[i] = TrainResult(
             spec,
             {k: v.cpu() for k, v in stack.inits[j].items()},
